@@ -1,0 +1,236 @@
+r"""Normalization functions built from torch tensor ops, with ``torch.nn.functional``'s signatures.
+
+Each function is the same computation: take the moments of the input over a set of
+dimensions :math:`S_i` with :func:`moments`, then
+
+.. math::
+
+    \hat{x} = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}, \qquad y = \gamma \hat{x} + \beta .
+
+None of them calls torch's own normalization kernels: the point is to build them.
+Statistics are accumulated in float32 (float64 for float64 input), with two passes
+(no :math:`E[x^2] - E[x]^2` cancellation), and the output has the input's dtype.
+Each function works under ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["moments", "batch_norm", "instance_norm", "layer_norm", "group_norm"]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are accumulated in: float64 stays, everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
+    r"""Mean and biased variance of ``x`` over ``dims`` (the set :math:`S_i`), dims kept.
+
+    :math:`\mu = \frac{1}{m}\sum_{k \in S} x_k`,
+    :math:`\sigma^2 = \frac{1}{m}\sum_{k \in S} (x_k - \mu)^2`,
+    computed in float32 (float64 for float64 input) in two passes.
+    This is the one place in normlib's torch code where moments are computed.
+    """
+    xf = x.to(_acc_dtype(x.dtype))
+    dims = tuple(dims)
+    mu = xf.mean(dim=dims, keepdim=True)
+    var = (xf - mu).square().mean(dim=dims, keepdim=True)
+    return mu, var
+
+
+def _normalize(x: Tensor, mu: Tensor, var: Tensor, eps: float, weight, bias, affine_shape) -> Tensor:
+    r""":math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`, in the accumulation dtype."""
+    y = (x.to(mu.dtype) - mu) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    if bias is not None:
+        y = y + bias.reshape(affine_shape)
+    return y.to(x.dtype)
+
+
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    """Shape ``(1, C, 1, ...)`` that broadcasts a per-channel vector over ``(N, C, *)``."""
+    return (1, x.shape[1]) + (1,) * (x.dim() - 2)
+
+
+def _check_channel_vector(name: str, t: Tensor | None, channels: int) -> None:
+    if t is not None and t.numel() != channels:
+        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+
+
+def _verify_batch_size(size: Sequence[int]) -> None:
+    """A batch statistic needs more than one value per channel."""
+    if math.prod([size[0], *size[2:]]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+def _verify_spatial_size(size: Sequence[int]) -> None:
+    """An instance statistic needs more than one spatial element."""
+    if math.prod(size[2:]) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {size}")
+
+
+@torch.no_grad()
+def _update_running(running: Tensor, batch_value: Tensor, momentum: float) -> None:
+    r""":math:`\hat{s} \leftarrow (1 - m)\,\hat{s} + m\, s_t` (the running-statistics update)."""
+    running.mul_(1.0 - momentum).add_(batch_value.to(running.dtype), alpha=momentum)
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Batch Normalization of ``(N, C, *)`` input: statistics per channel over N and the spatial dims.
+
+    Training (or no running statistics): :math:`\mu_B, \sigma_B^2` are the batch moments and
+    :math:`y = \gamma (x - \mu_B)/\sqrt{\sigma_B^2 + \epsilon} + \beta`. If running statistics are
+    given in training they are updated in place with the *unbiased* variance:
+    :math:`\hat{\mu} \leftarrow (1-m)\hat{\mu} + m\mu_B`,
+    :math:`\hat{\sigma}^2 \leftarrow (1-m)\hat{\sigma}^2 + m\,\frac{n}{n-1}\sigma_B^2`
+    (``n`` values per channel). Evaluation uses :math:`\hat{\mu}, \hat{\sigma}^2` in place of the
+    batch moments.
+    """
+    if input.dim() < 2:
+        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    channels = input.shape[1]
+    _check_channel_vector("running_mean", running_mean, channels)
+    _check_channel_vector("running_var", running_var, channels)
+    _check_channel_vector("weight", weight, channels)
+    _check_channel_vector("bias", bias, channels)
+    shape = _channel_shape(input)
+    if training:
+        _verify_batch_size(input.shape)
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    if training:
+        mu, var = moments(input, [0, *range(2, input.dim())])
+        if running_mean is not None and running_var is not None and input.numel() > 0:
+            n = input.numel() // channels
+            _update_running(running_mean, mu.reshape(-1), momentum)
+            _update_running(running_var, var.reshape(-1) * (n / (n - 1)), momentum)
+    else:
+        acc = _acc_dtype(input.dtype)
+        mu = running_mean.to(acc).reshape(shape)
+        var = running_var.to(acc).reshape(shape)
+    return _normalize(input, mu, var, eps, weight, bias, shape)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Instance Normalization of ``(N, C, *)`` input: statistics per sample and channel over the spatial dims.
+
+    :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`. If running statistics
+    are given with ``use_input_stats`` they are updated with the batch average of the
+    per-instance mean and unbiased variance; with ``use_input_stats=False`` they replace the
+    instance statistics.
+    """
+    if input.dim() < 3:
+        raise ValueError(f"expected at least 3D input (got {input.dim()}D input)")
+    channels = input.shape[1]
+    _check_channel_vector("running_mean", running_mean, channels)
+    _check_channel_vector("running_var", running_var, channels)
+    _check_channel_vector("weight", weight, channels)
+    _check_channel_vector("bias", bias, channels)
+    shape = _channel_shape(input)
+    if use_input_stats:
+        _verify_spatial_size(input.shape)
+        mu, var = moments(input, range(2, input.dim()))
+        if running_mean is not None and running_var is not None and input.numel() > 0:
+            n = math.prod(input.shape[2:])
+            _update_running(running_mean, mu.mean(0).reshape(-1), momentum)
+            _update_running(running_var, (var * (n / (n - 1))).mean(0).reshape(-1), momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+        acc = _acc_dtype(input.dtype)
+        mu = running_mean.to(acc).reshape(shape)
+        var = running_var.to(acc).reshape(shape)
+    return _normalize(input, mu, var, eps, weight, bias, shape)
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int] | int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Layer Normalization: statistics of each sample over the trailing ``normalized_shape`` dims.
+
+    :math:`y = \gamma \odot (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\gamma, \beta`
+    of shape ``normalized_shape`` (elementwise), the same in training and evaluation.
+    """
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != normalized_shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(t.shape)} and normalized_shape = {list(normalized_shape)}"
+            )
+    mu, var = moments(input, range(input.dim() - k, input.dim()))
+    return _normalize(input, mu, var, eps, weight, bias, normalized_shape)
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Group Normalization of ``(N, C, *)`` input: the C channels split into G groups.
+
+    Reshape to ``(N, G, C/G, *spatial)``, take the moments over all but the first two dims, then
+    apply the per-channel :math:`\gamma, \beta` (C of each, not G).
+    """
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    n, channels = input.shape[0], input.shape[1]
+    if channels % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
+                f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
+            )
+    _verify_batch_size([n * channels // num_groups, num_groups, *input.shape[2:]])
+    grouped = input.reshape((n, num_groups, channels // num_groups, *input.shape[2:]))
+    mu, var = moments(grouped, range(2, grouped.dim()))
+    # One (mu, sigma^2) per group, repeated for each of its C/G channels.
+    shape = _channel_shape(input)
+    per_channel = (n, num_groups, channels // num_groups)
+    mu = mu.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
+    var = var.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
+    return _normalize(input, mu, var, eps, weight, bias, shape)

@@ -1,0 +1,43 @@
+"""Small models the lessons train, with the norm layer as a parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class LeNet(nn.Module):
+    """LeNet-5 sized for 8x8 digits: conv-norm-relu-pool twice, then fc-norm-relu, fc-relu, fc.
+
+    ``conv_norm(C)`` builds the layer after each convolution (e.g. ``normlib.nn.BatchNorm2d``),
+    ``fc_norm(F)`` the one after the first fully connected layer (e.g. ``normlib.nn.BatchNorm1d``);
+    ``None`` leaves the place empty. When a norm follows a layer, that layer has no bias of its own:
+    the norm's :math:`\\beta` takes its place (a bias before a mean subtraction cancels out).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 conv_norm: NormFactory | None = None, fc_norm: NormFactory | None = None) -> None:
+        super().__init__()
+
+        def block(layer: Callable[[bool], nn.Module], width: int, norm: NormFactory | None) -> list[nn.Module]:
+            return [layer(norm is None), norm(width) if norm else nn.Identity(), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(lambda b: nn.Conv2d(in_channels, 6, 3, padding=1, bias=b), 6, conv_norm),
+            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            *block(lambda b: nn.Conv2d(6, 16, 3, padding=1, bias=b), 16, conv_norm),
+            nn.MaxPool2d(2),  # 4x4 -> 2x2
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            *block(lambda b: nn.Linear(16 * 2 * 2, 120, bias=b), 120, fc_norm),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

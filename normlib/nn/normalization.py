@@ -1,0 +1,124 @@
+r"""LayerNorm and GroupNorm modules: drop-ins for ``torch.nn.LayerNorm`` and ``torch.nn.GroupNorm``.
+
+Neither keeps running statistics: both compute their moments from each sample alone, so they
+behave the same in training and evaluation and do not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor, nn
+from torch.nn import init
+
+from normlib import functional as F
+
+__all__ = ["LayerNorm", "GroupNorm"]
+
+
+class LayerNorm(nn.Module):
+    r"""Layer Normalization over the trailing ``normalized_shape`` dims of each sample.
+
+    :math:`y = \gamma \odot (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\mu, \sigma^2`
+    the moments of one sample over ``normalized_shape`` (the last dim for text ``(B, T, D)``; e.g.
+    ``(C, H, W)`` for images) and elementwise :math:`\gamma` (ones), :math:`\beta` (zeros) of shape
+    ``normalized_shape``. A drop-in for ``torch.nn.LayerNorm``.
+    """
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if isinstance(normalized_shape, numbers.Integral):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class GroupNorm(nn.Module):
+    r"""Group Normalization: the ``num_channels`` channels split into ``num_groups`` groups.
+
+    :math:`y = \gamma_c (x - \mu_{ng}) / \sqrt{\sigma_{ng}^2 + \epsilon} + \beta_c`, moments of one
+    sample over the ``C/G`` channels of group ``g`` and the spatial dims; :math:`\gamma, \beta` are
+    per channel (C of each). ``G=1`` is LayerNorm over ``(C, *spatial)``, ``G=C`` is InstanceNorm.
+    A drop-in for ``torch.nn.GroupNorm``.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_channels, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )

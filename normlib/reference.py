@@ -1,0 +1,152 @@
+r"""NumPy reference implementations, written straight from the formulas.
+
+Every normalization layer computes, for each element :math:`x_i`,
+
+.. math::
+
+    \mu_i = \frac{1}{m}\sum_{k \in S_i} x_k, \qquad
+    \sigma_i^2 = \frac{1}{m}\sum_{k \in S_i} (x_k - \mu_i)^2, \qquad
+    \hat{x}_i = \frac{x_i - \mu_i}{\sqrt{\sigma_i^2 + \epsilon}}, \qquad
+    y_i = \gamma \hat{x}_i + \beta
+
+and the layers differ only in the set :math:`S_i` (``m = |S_i|``). For an input
+of shape ``(N, C, *spatial)``:
+
+============  =====================================================  ==========================
+norm          :math:`S_i`                                            axes reduced
+============  =====================================================  ==========================
+BatchNorm     :math:`\{k : k_C = i_C\}`                              ``N`` and spatial
+LayerNorm     :math:`\{k : k_N = i_N\}`                              ``C`` and spatial
+InstanceNorm  :math:`\{k : k_N = i_N, k_C = i_C\}`                   spatial
+GroupNorm     :math:`\{k : k_N = i_N, \lfloor k_C/(C/G) \rfloor =     ``C/G`` channels and spatial
+              \lfloor i_C/(C/G) \rfloor\}`                           (after a reshape)
+============  =====================================================  ==========================
+
+:func:`moments` is the one place that computes :math:`\mu` and :math:`\sigma^2`;
+every norm below is a choice of axes handed to it. Everything is computed in
+float64, so these functions serve as the ground truth the torch code is checked
+against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "moments",
+    "normalize",
+    "batch_norm_axes",
+    "layer_norm_axes",
+    "instance_norm_axes",
+    "batch_norm",
+    "layer_norm",
+    "instance_norm",
+    "group_norm",
+]
+
+
+def moments(x: np.ndarray, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean and biased variance of ``x`` over ``axes`` (the set :math:`S_i`).
+
+    :math:`\mu = \frac{1}{m}\sum_{k \in S} x_k`,
+    :math:`\sigma^2 = \frac{1}{m}\sum_{k \in S}(x_k - \mu)^2`, two passes in float64
+    (no :math:`E[x^2] - E[x]^2` cancellation). The reduced axes are kept with size 1,
+    so the results broadcast against ``x``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(int(a) for a in axes)
+    mu = x.mean(axis=axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+    return mu, var
+
+
+def normalize(x: np.ndarray, axes: Sequence[int], eps: float = 1e-5) -> np.ndarray:
+    r""":math:`\hat{x} = (x - \mu) / \sqrt{\sigma^2 + \epsilon}` with the moments over ``axes``."""
+    x = np.asarray(x, dtype=np.float64)
+    mu, var = moments(x, axes)
+    return (x - mu) / np.sqrt(var + eps)
+
+
+def _affine(x_hat: np.ndarray, gamma, beta, shape: tuple[int, ...]) -> np.ndarray:
+    """:math:`y = \\gamma \\hat{x} + \\beta`, with gamma and beta reshaped to ``shape``."""
+    if gamma is not None:
+        x_hat = x_hat * np.asarray(gamma, dtype=np.float64).reshape(shape)
+    if beta is not None:
+        x_hat = x_hat + np.asarray(beta, dtype=np.float64).reshape(shape)
+    return x_hat
+
+
+def _channel_shape(ndim: int, channels: int) -> tuple[int, ...]:
+    """Shape ``(1, C, 1, ...)`` that broadcasts a per-channel vector over ``(N, C, *)``."""
+    return (1, channels) + (1,) * (ndim - 2)
+
+
+def batch_norm_axes(ndim: int) -> tuple[int, ...]:
+    """BatchNorm reduces over the batch and every spatial axis: ``(0, 2, 3, ...)``."""
+    return (0,) + tuple(range(2, ndim))
+
+
+def layer_norm_axes(ndim: int, num_normalized: int) -> tuple[int, ...]:
+    """LayerNorm reduces over the trailing ``num_normalized`` axes."""
+    return tuple(range(ndim - num_normalized, ndim))
+
+
+def instance_norm_axes(ndim: int) -> tuple[int, ...]:
+    """InstanceNorm reduces over the spatial axes only: ``(2, 3, ...)``."""
+    return tuple(range(2, ndim))
+
+
+def batch_norm(x, gamma=None, beta=None, eps: float = 1e-5, mean=None, var=None) -> np.ndarray:
+    r"""BatchNorm over ``(N, C, *)``: statistics per channel over N and the spatial axes.
+
+    With ``mean`` and ``var`` (per-channel running statistics) given, they replace the batch
+    statistics, as in evaluation: :math:`y = \gamma (x - E[x]) / \sqrt{Var[x] + \epsilon} + \beta`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    shape = _channel_shape(x.ndim, x.shape[1])
+    if mean is None and var is None:
+        x_hat = normalize(x, batch_norm_axes(x.ndim), eps)
+    elif mean is not None and var is not None:
+        mean = np.asarray(mean, dtype=np.float64).reshape(shape)
+        var = np.asarray(var, dtype=np.float64).reshape(shape)
+        x_hat = (x - mean) / np.sqrt(var + eps)
+    else:
+        raise ValueError("give both mean and var (running statistics) or neither")
+    return _affine(x_hat, gamma, beta, shape)
+
+
+def layer_norm(x, normalized_shape, gamma=None, beta=None, eps: float = 1e-5) -> np.ndarray:
+    r"""LayerNorm: statistics of each sample over its trailing ``normalized_shape`` axes.
+
+    ``gamma`` and ``beta`` have shape ``normalized_shape`` (one per normalized element).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    if x.shape[x.ndim - len(normalized_shape):] != normalized_shape:
+        raise ValueError(f"trailing shape of {x.shape} is not normalized_shape={normalized_shape}")
+    x_hat = normalize(x, layer_norm_axes(x.ndim, len(normalized_shape)), eps)
+    return _affine(x_hat, gamma, beta, normalized_shape)
+
+
+def instance_norm(x, gamma=None, beta=None, eps: float = 1e-5) -> np.ndarray:
+    """InstanceNorm over ``(N, C, *)``: statistics of each (sample, channel) over the spatial axes."""
+    x = np.asarray(x, dtype=np.float64)
+    x_hat = normalize(x, instance_norm_axes(x.ndim), eps)
+    return _affine(x_hat, gamma, beta, _channel_shape(x.ndim, x.shape[1]))
+
+
+def group_norm(x, num_groups: int, gamma=None, beta=None, eps: float = 1e-5) -> np.ndarray:
+    r"""GroupNorm over ``(N, C, *)``: reshape to ``(N, G, C/G * spatial)``, normalize axis 2.
+
+    The affine parameters are per channel (C of each), not per group.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"num_channels ({c}) must be divisible by num_groups ({num_groups})")
+    x_hat = normalize(x.reshape(n, num_groups, -1), (2,), eps).reshape(x.shape)
+    return _affine(x_hat, gamma, beta, _channel_shape(x.ndim, c))

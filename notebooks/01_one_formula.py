@@ -1,0 +1,226 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # One formula, four norms
+#
+# BatchNorm {cite}`ioffe2015batch`, LayerNorm {cite}`ba2016layer`, InstanceNorm {cite}`ulyanov2016instance`
+# and GroupNorm {cite}`wu2018group` look like four different layers. They are one formula. For every
+# element $x_i$ of the input,
+#
+# $$
+# \mu_i = \frac{1}{m}\sum_{k \in S_i} x_k, \qquad
+# \sigma_i = \sqrt{\frac{1}{m}\sum_{k \in S_i} (x_k - \mu_i)^2 + \epsilon}, \qquad
+# \hat{x}_i = \frac{x_i - \mu_i}{\sigma_i}, \qquad
+# y_i = \gamma\, \hat{x}_i + \beta ,
+# $$
+#
+# where $S_i$ is the set of elements whose statistics $x_i$ shares and $m = |S_i|$. The four layers
+# differ only in $S_i$. Index an image batch of shape $(N, C, H, W)$ by $i = (i_N, i_C, i_H, i_W)$:
+#
+# | norm | $S_i$ | in words |
+# |---|---|---|
+# | BatchNorm | $\{k : k_C = i_C\}$ | one channel, over the whole batch and all pixels |
+# | LayerNorm | $\{k : k_N = i_N\}$ | one sample, over all its channels and pixels |
+# | InstanceNorm | $\{k : k_N = i_N,\ k_C = i_C\}$ | one sample's one channel, over its pixels |
+# | GroupNorm | $\{k : k_N = i_N,\ \lfloor k_C / (C/G) \rfloor = \lfloor i_C / (C/G) \rfloor\}$ | one sample's group of $C/G$ channels |
+#
+# ```{note}
+# A widely shared write-up of this formula gives LayerNorm's set as $\{k_C = i_N\}$, comparing a
+# channel index with a sample index. The set is $\{k_N = i_N\}$: everything that belongs to the same
+# sample.
+# ```
+#
+# This lesson draws the four sets, builds each norm in NumPy as nothing more than a choice of axes,
+# checks every one against `torch.nn`, and counts what each layer learns.
+
+# %%
+import numpy as np
+import torch
+
+import normlib
+from normlib import reference as R
+from normlib.viz import norm_set_mask, plot_norm_sets
+
+normlib.seed_everything(0)
+
+# %% [markdown]
+# ## The four sets, drawn
+#
+# The classic picture {cite}`wu2018group`: a block with the batch axis $N$, the channel axis $C$, and
+# the pixels $H, W$ flattened into one axis. The blue cubes are $S_i$ for the element in the front
+# corner, $i = (0, 0)$. The mask of each set is computed by evaluating the set definitions above
+# index by index (`normlib.viz.norm_set_mask`), so the figure is the formula, not a drawing of it.
+
+# %%
+fig = plot_norm_sets(n=6, c=6, hw=6, groups=3)
+
+# %% [markdown]
+# The size of each set is $m$, the number of values averaged. For a realistic layer the numbers are
+# very different, and only BatchNorm's grows with the batch:
+
+# %%
+N, C, HW, G = 32, 64, 32 * 32, 8
+for kind in ("batch", "layer", "instance", "group"):
+    m = int(norm_set_mask(kind, N, C, HW, groups=G).sum())
+    print(f"{kind:>8} norm: m = {m:>6,} values per statistic")
+
+# %% [markdown]
+# ## Each norm is a choice of axes
+#
+# In an array, "all elements that share $i_C$" means "reduce over every axis except $C$". So each
+# norm is one call of the same function, `normlib.reference.moments(x, axes)`, with different axes:
+#
+# | norm | axes reduced for $(N, C, H, W)$ |
+# |---|---|
+# | BatchNorm | `(0, 2, 3)` |
+# | LayerNorm | `(1, 2, 3)` (the trailing `normalized_shape`) |
+# | InstanceNorm | `(2, 3)` |
+# | GroupNorm | reshape to $(N, G, C/G, H, W)$, then `(2, 3, 4)` |
+#
+# Here is `moments`, the only place in the NumPy reference where a mean or a variance is computed:
+
+# %%
+import inspect
+
+print(inspect.getsource(R.moments))
+
+# %%
+x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 6, 5, 5))
+
+print("BatchNorm axes:   ", R.batch_norm_axes(x.ndim))
+print("LayerNorm axes:   ", R.layer_norm_axes(x.ndim, 3))
+print("InstanceNorm axes:", R.instance_norm_axes(x.ndim))
+for name, axes in [("batch", R.batch_norm_axes(x.ndim)), ("layer", R.layer_norm_axes(x.ndim, 3)),
+                   ("instance", R.instance_norm_axes(x.ndim))]:
+    mu, var = R.moments(x, axes)
+    print(f"{name:>8}: one statistic per {mu.shape} -> {mu.size} means")
+mu, var = R.moments(x.reshape(4, 3, 2, 5, 5), (2, 3, 4))
+print(f"   group: one statistic per {mu.shape} -> {mu.size} means (G = 3)")
+
+# %% [markdown]
+# After normalization every set has mean 0 and variance 1 (up to $\epsilon$), which is a direct check
+# that we reduced over the right axes:
+
+# %%
+x_hat = R.normalize(x, R.batch_norm_axes(x.ndim))
+mu, var = R.moments(x_hat, R.batch_norm_axes(x.ndim))
+print("BatchNorm output, per channel: mean", np.round(mu.ravel(), 6) + 0.0, " var", np.round(var.ravel(), 4))
+
+# %% [markdown]
+# ## Checked against torch.nn
+#
+# The NumPy reference works in float64. We run the `torch.nn` layers in float64 on the same input,
+# with random affine parameters, and compare. `normlib.cmp` prints *exact*, *close* (within the stated
+# tolerance) or the largest difference.
+
+# %%
+xt = torch.from_numpy(x)
+g6, b6 = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+g_ln, b_ln = torch.randn(6, 5, 5, dtype=torch.float64), torch.randn(6, 5, 5, dtype=torch.float64)
+
+bn = torch.nn.BatchNorm2d(6).double()
+ln = torch.nn.LayerNorm([6, 5, 5]).double()
+inorm = torch.nn.InstanceNorm2d(6, affine=True).double()
+gn = torch.nn.GroupNorm(3, 6).double()
+with torch.no_grad():
+    for layer, (g, b) in [(bn, (g6, b6)), (ln, (g_ln, b_ln)), (inorm, (g6, b6)), (gn, (g6, b6))]:
+        layer.weight.copy_(g)
+        layer.bias.copy_(b)
+    checks = [
+        ("BatchNorm2d (training)", R.batch_norm(x, g6, b6), bn(xt)),
+        ("LayerNorm([6, 5, 5])", R.layer_norm(x, (6, 5, 5), g_ln, b_ln), ln(xt)),
+        ("InstanceNorm2d", R.instance_norm(x, g6, b6), inorm(xt)),
+        ("GroupNorm(3, 6)", R.group_norm(x, 3, g6, b6), gn(xt)),
+    ]
+for name, ours, theirs in checks:
+    print(normlib.cmp(name, ours, theirs, atol=1e-12))
+
+# %% [markdown]
+# And GroupNorm's two extremes: with one group its set is the whole sample (LayerNorm over $(C, H, W)$),
+# with one channel per group it is one channel of one sample (InstanceNorm).
+
+# %%
+print(normlib.cmp("GroupNorm(G=1) vs LayerNorm", R.group_norm(x, 1), R.layer_norm(x, (6, 5, 5)), atol=1e-12))
+print(normlib.cmp("GroupNorm(G=C) vs InstanceNorm", R.group_norm(x, 6), R.instance_norm(x), atol=1e-12))
+
+# %% [markdown]
+# ## What each layer learns
+#
+# The statistics $\mu_i, \sigma_i$ are computed, not learned. What is learned is the affine pair
+# $\gamma, \beta$, and its shape is fixed by the layer's constructor, never by the batch:
+# BatchNorm, InstanceNorm (with `affine=True`) and GroupNorm learn one $\gamma$ and one $\beta$ per
+# **channel**; LayerNorm learns one per element of `normalized_shape`.
+#
+# ```{note}
+# A popular comparison of these layers says LayerNorm "learns Batch groups of parameters",
+# InstanceNorm "B×C" and GroupNorm "B×k". That mixes up statistics with parameters. The counts below
+# are read off the `torch.nn` modules themselves, at two batch sizes.
+# ```
+
+# %%
+def learned(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+C, H, W = 64, 32, 32
+layers = {  # name: (module, the set its statistics are taken over)
+    "BatchNorm2d(64)": (torch.nn.BatchNorm2d(C), "batch"),
+    "LayerNorm([64, 32, 32])": (torch.nn.LayerNorm([C, H, W]), "layer"),
+    "InstanceNorm2d(64)": (torch.nn.InstanceNorm2d(C), "instance"),
+    "InstanceNorm2d(64, affine=True)": (torch.nn.InstanceNorm2d(C, affine=True), "instance"),
+    "GroupNorm(8, 64)": (torch.nn.GroupNorm(8, C), "group"),
+}
+print(f"{'layer':<33}{'learned':>9}  {'statistics at N=2':>18}  {'statistics at N=32':>19}")
+for name, (layer, kind) in layers.items():
+    # Every set has the same size, so the number of distinct (mu, sigma) pairs is elements / |S_i|.
+    stats = [n * C // int(norm_set_mask(kind, n, C, 1, groups=8).sum()) for n in (2, 32)]
+    print(f"{name:<33}{learned(layer):>9,}  {stats[0]:>18,}  {stats[1]:>19,}")
+
+
+# %% [markdown]
+# The "statistics" columns count the distinct $(\mu, \sigma)$ pairs computed in one forward pass: they
+# do grow with the batch for LN, IN and GN (one per sample, or per sample and channel or group), and
+# this is probably where the seed's "B groups" came from. The learned parameters do not.
+#
+# The same counts for normlib's own modules, which are drop-ins for these:
+
+# %%
+ours = {
+    "BatchNorm2d(64)": normlib.nn.BatchNorm2d(C),
+    "LayerNorm([64, 32, 32])": normlib.nn.LayerNorm([C, H, W]),
+    "InstanceNorm2d(64)": normlib.nn.InstanceNorm2d(C),
+    "InstanceNorm2d(64, affine=True)": normlib.nn.InstanceNorm2d(C, affine=True),
+    "GroupNorm(8, 64)": normlib.nn.GroupNorm(8, C),
+}
+for name, (layer, _) in layers.items():
+    same = list(ours[name].state_dict()) == list(layer.state_dict())
+    print(f"{name:<33} learned {learned(ours[name]):>7,}   same state_dict keys as torch.nn: {same}")
+
+# %% [markdown]
+# ## Summary
+#
+# | norm | normalizes over, for $(N, C, H, W)$ | $m = \lvert S_i \rvert$ | learned $\gamma, \beta$ | depends on the batch |
+# |---|---|---|---|---|
+# | BatchNorm | $N, H, W$ for each channel | $NHW$ | $2C$ | yes (and keeps running statistics for eval) |
+# | LayerNorm | $C, H, W$ (`normalized_shape`) for each sample | $CHW$ | $2 \times$ `normalized_shape` | no |
+# | InstanceNorm | $H, W$ for each sample and channel | $HW$ | $2C$ if `affine=True`, else 0 | no |
+# | GroupNorm | $C/G$ channels and $H, W$ for each sample | $(C/G)HW$ | $2C$ | no |
+#
+# ## Exercises
+#
+# 1. Write the set $S_i$ for LayerNorm applied to a text batch of shape $(B, T, D)$ with
+#    `normalized_shape = D`. Which axes does `moments` reduce? Check with `R.layer_norm`.
+# 2. Use `norm_set_mask` to show that for $G = C$ the GroupNorm set equals the InstanceNorm set
+#    for every element $i$, not just $i = (0, 0)$.
+# 3. Why does subtracting the mean make the bias of a preceding convolution useless? (Hint: add a
+#    constant to one channel of `x` and compare `R.batch_norm` before and after.)
+# 4. BatchNorm's $m$ is $NHW$. How small can the batch get before a 1×1 feature map (e.g. after global
+#    pooling) has only one value per channel? What does `torch.nn.BatchNorm1d` do then in training?
