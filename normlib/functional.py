@@ -16,12 +16,25 @@ Each function works under ``torch.compile(fullgraph=True)``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["moments", "batch_norm", "instance_norm", "layer_norm", "group_norm"]
+__all__ = [
+    "moments",
+    "batch_norm",
+    "instance_norm",
+    "layer_norm",
+    "group_norm",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -234,3 +247,134 @@ def group_norm(
     mu = mu.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
     var = var.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
     return _normalize(input, mu, var, eps, weight, bias, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+SELU_ALPHA_PRIME = -1.7580993408473766  # -lambda * alpha of SELU: the value SELU saturates to
+
+
+def _check_p(p: float) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _keep_mask(input: Tensor, p: float, per_channel: bool, generator: torch.Generator | None) -> Tensor:
+    """Bernoulli(1 - p) keep mask: one draw per element, or per (sample, channel) broadcast over the rest."""
+    if per_channel:
+        if input.dim() < 2:
+            raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+        shape = (input.shape[0], input.shape[1]) + (1,) * (input.dim() - 2)
+        noise = input.new_empty(shape)
+    else:
+        noise = torch.empty_like(input)
+    return noise.bernoulli_(1.0 - p, generator=generator)
+
+
+def _dropout(input: Tensor, p: float, training: bool, inplace: bool, per_channel: bool, alpha: bool,
+             generator: torch.Generator | None) -> Tensor:
+    _check_p(p)
+    if p == 0.0 or not training or input.numel() == 0:
+        return input
+    if p == 1.0:
+        return input.mul_(0) if inplace else input * 0
+    keep = _keep_mask(input, p, per_channel, generator)
+    if not alpha:
+        # Inverted dropout: y = x * r / (1 - p), r ~ Bernoulli(1 - p), so E[y] = x and eval is identity.
+        scale = keep / (1.0 - p)
+        return input.mul_(scale) if inplace else input * scale
+    # Alpha dropout: dropped units go to alpha', then y = a * x' + b restores mean 0 and variance 1.
+    a = ((1.0 - p) * (1.0 + p * SELU_ALPHA_PRIME**2)) ** -0.5
+    b = -a * SELU_ALPHA_PRIME * p
+    shift = (1.0 - keep) * (a * SELU_ALPHA_PRIME) + b
+    return input.mul_(keep * a).add_(shift) if inplace else input * (keep * a) + shift
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            generator: torch.Generator | None = None) -> Tensor:
+    r"""Dropout: :math:`y = x \odot r / (1 - p)` with :math:`r_k \sim \mathrm{Bernoulli}(1 - p)` in training.
+
+    ``p`` is the probability of *dropping* a unit. The scaling by :math:`1/(1-p)` happens in training
+    ("inverted" dropout) so that :math:`E[y] = x` and evaluation is the identity. Identity when
+    ``p == 0``, when not training, or on empty input; zeros when ``p == 1``.
+    """
+    return _dropout(input, p, training, inplace, per_channel=False, alpha=False, generator=generator)
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              generator: torch.Generator | None = None) -> Tensor:
+    r"""Channel dropout for ``(N, C, L)`` or unbatched ``(C, L)`` input: whole channels zeroed.
+
+    :math:`y_{nc\cdot} = x_{nc\cdot}\, r_{nc} / (1 - p)`, one draw per sample and channel.
+    """
+    _check_p(p)
+    if input.dim() not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. Note that dropout1d "
+            "exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel dimension, "
+            "and an optional batch dimension (i.e. 2D or 3D inputs)."
+        )
+    return _unbatched(input, batched_dim=3, fn=lambda x: _dropout(x, p, training, inplace, True, False, generator),
+                      inplace=inplace)
+
+
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              generator: torch.Generator | None = None) -> Tensor:
+    r"""Channel dropout for ``(N, C, H, W)`` input: whole feature maps zeroed, one draw per (n, c).
+
+    Like ``torch.nn.functional.dropout2d``, a 3-D input is read as ``(N, C, L)`` (with a warning).
+    """
+    _check_p(p)
+    if input.dim() not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated and will "
+                      "result in an error in a future release. To retain the behavior and silence this warning, "
+                      "please use dropout instead.", stacklevel=2)
+    if input.dim() == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+                      "To maintain the 1D channel-wise dropout behavior, please switch to using dropout1d "
+                      "instead.", stacklevel=2)
+    return _dropout(input, p, training, inplace, per_channel=True, alpha=False, generator=generator)
+
+
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              generator: torch.Generator | None = None) -> Tensor:
+    r"""Channel dropout for ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input: whole volumes zeroed.
+
+    :math:`y_{nc\cdot} = x_{nc\cdot}\, r_{nc} / (1 - p)`, one draw per sample and channel.
+    """
+    _check_p(p)
+    if input.dim() not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated and will "
+                      "result in an error in a future release. To retain the behavior and silence this warning, "
+                      "please use dropout instead.", stacklevel=2)
+    return _unbatched(input, batched_dim=5, fn=lambda x: _dropout(x, p, training, inplace, True, False, generator),
+                      inplace=inplace)
+
+
+def _unbatched(input: Tensor, batched_dim: int, fn, inplace: bool) -> Tensor:
+    """Apply ``fn`` to ``input``, adding and removing a batch dim when ``input`` has none."""
+    if input.dim() == batched_dim:
+        return fn(input)
+    x = input.unsqueeze_(0) if inplace else input.unsqueeze(0)
+    y = fn(x)
+    return y.squeeze_(0) if inplace else y.squeeze(0)
+
+
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
+                  generator: torch.Generator | None = None) -> Tensor:
+    r"""Alpha dropout for SELU networks: keeps zero mean and unit variance.
+
+    Dropped units are set to :math:`\alpha' = -\lambda\alpha \approx -1.7581` (SELU's saturation value),
+    then :math:`y = a x' + b` with :math:`a = ((1-p)(1 + p\alpha'^2))^{-1/2}` and :math:`b = -a\alpha' p`.
+    Note ``training=False`` by default, as in torch.
+    """
+    return _dropout(input, p, training, inplace, per_channel=False, alpha=True, generator=generator)
+
+
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
+                          generator: torch.Generator | None = None) -> Tensor:
+    r"""Alpha dropout of whole channels (one draw per sample and channel); see :func:`alpha_dropout`."""
+    return _dropout(input, p, training, inplace, per_channel=True, alpha=True, generator=generator)

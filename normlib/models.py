@@ -41,3 +41,23 @@ class LeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def mlp(sizes: list[int], activation: Callable[[], nn.Module] = nn.ReLU, dropout: float = 0.0,
+        dropout_layer: Callable[[float], nn.Module] | None = None) -> nn.Sequential:
+    """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` on flattened input.
+
+    Each hidden layer is Linear, activation, then dropout (``dropout_layer(p)``, by default
+    ``normlib.nn.Dropout``) when ``dropout > 0``. The output layer is a plain Linear.
+    """
+    from normlib.nn import Dropout
+
+    dropout_layer = dropout_layer or Dropout
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(dropout_layer(dropout))
+    return nn.Sequential(*layers)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-# No rates or times in the bar, so its final state is the same on every run (nbval checks it).
+# No rates or times in the bar, so its final state is the same on every run (nbval checks it). The bar
+# goes to stdout, so in a notebook it stays in order with the cell's printed results.
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} epochs"
 
 
@@ -19,23 +22,36 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> f
     return correct / len(x)
 
 
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, batch_size: int = 512) -> float:
+    """Mean of ``loss_fn`` over ``(x, y)``, in whatever mode the model is in."""
+    total = sum(loss_fn(model(x[i:i + batch_size]), y[i:i + batch_size]).item() * len(x[i:i + batch_size])
+                for i in range(0, len(x), batch_size))
+    return total / len(x)
+
+
 def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, momentum: float = 0.9,
-        weight_decay: float = 0.0, seed: int = 0, desc: str = "training",
-        progress: bool = True) -> dict[str, list[float]]:
+        weight_decay: float = 0.0, seed: int = 0, desc: str = "training", progress: bool = True,
+        loss_fn: nn.Module | None = None) -> dict[str, list[float]]:
     """Train ``model`` with SGD on ``data = (x_train, y_train, x_test, y_test)``.
 
     Batches are reshuffled each epoch by a generator seeded with ``seed``; an incomplete last batch
-    is dropped (so BatchNorm never sees a batch of one). After each epoch records the mean training
-    loss, the training accuracy of those batches (train mode) and the test accuracy (eval mode).
-    Returns the per-epoch history ``{"loss": [...], "train_acc": [...], "test_acc": [...]}``.
+    is dropped (so BatchNorm never sees a batch of one). ``loss_fn`` defaults to cross-entropy.
+    After each epoch records the mean training loss of the epoch's batches (train mode) and the test
+    loss (eval mode); for classification (integer targets) also the training accuracy of those
+    batches and the test accuracy. Returns the per-epoch history
+    ``{"loss": [...], "test_loss": [...], "train_acc": [...], "test_acc": [...]}``.
     """
     x_tr, y_tr, x_te, y_te = data
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    history: dict[str, list[float]] = {"loss": [], "train_acc": [], "test_acc": []}
+    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    classify = not torch.is_floating_point(y_tr)
+    history: dict[str, list[float]] = {"loss": [], "test_loss": []}
+    if classify:
+        history.update(train_acc=[], test_acc=[])
     steps = len(x_tr) // batch_size
-    for _ in tqdm(range(epochs), desc=desc, bar_format=BAR_FORMAT, disable=not progress):
+    for _ in tqdm(range(epochs), desc=desc, bar_format=BAR_FORMAT, disable=not progress, file=sys.stdout):
         model.train()
         perm = torch.randperm(len(x_tr), generator=gen)
         loss_sum, correct = 0.0, 0
@@ -47,9 +63,12 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
             loss.backward()
             opt.step()
             loss_sum += loss.item()
-            correct += (logits.argmax(1) == y_tr[idx]).sum().item()
+            if classify:
+                correct += (logits.argmax(1) == y_tr[idx]).sum().item()
         model.eval()
         history["loss"].append(loss_sum / steps)
-        history["train_acc"].append(correct / (steps * batch_size))
-        history["test_acc"].append(accuracy(model, x_te, y_te))
+        history["test_loss"].append(mean_loss(model, x_te, y_te, loss_fn))
+        if classify:
+            history["train_acc"].append(correct / (steps * batch_size))
+            history["test_acc"].append(accuracy(model, x_te, y_te))
     return history

@@ -1,6 +1,7 @@
 """Modules that are drop-ins for their ``torch.nn`` namesakes: same arguments, state_dict keys and errors."""
 
 from normlib.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normlib.nn.dropout import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
 from normlib.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from normlib.nn.normalization import GroupNorm, LayerNorm
 
@@ -13,4 +14,10 @@ __all__ = [
     "InstanceNorm3d",
     "LayerNorm",
     "GroupNorm",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
 ]
