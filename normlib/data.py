@@ -22,3 +22,28 @@ def digits(test_fraction: float = 0.2, seed: int = 0):
     )
     return (torch.from_numpy(x_tr), torch.from_numpy(y_tr).long(),
             torch.from_numpy(x_te), torch.from_numpy(y_te).long())
+
+
+def class_pair_batches(y: torch.Tensor, per_class: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of non-iid batches: each batch holds ``per_class`` samples of each of two classes.
+
+    The classes are paired at random each epoch; samples left over once a class runs short are
+    dropped for that epoch. This is the setting of the Batch Renormalization paper's non-iid test.
+    """
+    classes = torch.unique(y)
+    pools = {int(c): (y == c).nonzero().squeeze(1)[torch.randperm(int((y == c).sum()), generator=gen)]
+             for c in classes}
+    taken = dict.fromkeys(pools, 0)
+    batches = []
+    while True:
+        ready = [c for c in pools if len(pools[c]) - taken[c] >= per_class]
+        if len(ready) < 2:
+            break
+        order = torch.randperm(len(ready), generator=gen)
+        for a, b in zip(order[0::2].tolist(), order[1::2].tolist(), strict=False):
+            ca, cb = ready[a], ready[b]
+            idx = torch.cat([pools[ca][taken[ca]:taken[ca] + per_class], pools[cb][taken[cb]:taken[cb] + per_class]])
+            taken[ca] += per_class
+            taken[cb] += per_class
+            batches.append(idx)
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]

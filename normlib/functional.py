@@ -28,6 +28,9 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "group_norm",
+    "rms_norm",
+    "batch_renorm",
+    "switchable_norm",
     "dropout",
     "dropout1d",
     "dropout2d",
@@ -193,21 +196,8 @@ def layer_norm(
     :math:`y = \gamma \odot (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\gamma, \beta`
     of shape ``normalized_shape`` (elementwise), the same in training and evaluation.
     """
-    if isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
-    normalized_shape = tuple(normalized_shape)
+    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, bias)
     k = len(normalized_shape)
-    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
-        raise RuntimeError(
-            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
-            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
-        )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != normalized_shape:
-            raise RuntimeError(
-                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
-                f"{list(t.shape)} and normalized_shape = {list(normalized_shape)}"
-            )
     mu, var = moments(input, range(input.dim() - k, input.dim()))
     return _normalize(input, mu, var, eps, weight, bias, normalized_shape)
 
@@ -246,6 +236,156 @@ def group_norm(
     per_channel = (n, num_groups, channels // num_groups)
     mu = mu.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
     var = var.reshape(n, num_groups, 1).expand(per_channel).reshape((n, channels) + shape[2:])
+    return _normalize(input, mu, var, eps, weight, bias, shape)
+
+
+def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != normalized_shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(t.shape)} and normalized_shape = {list(normalized_shape)}"
+            )
+    return normalized_shape
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int] | int,
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    r"""RMS Normalization: :math:`y = x / \sqrt{\frac{1}{m}\sum_k x_k^2 + \epsilon} \odot \gamma`.
+
+    LayerNorm without the mean: no centering, no bias. The mean square is taken over the trailing
+    ``normalized_shape`` dims in float32 (float64 for float64 input). ``eps=None`` means
+    ``torch.finfo(input.dtype).eps``, as in torch.
+    """
+    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, None)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    xf = input.to(_acc_dtype(input.dtype))
+    mean_square = xf.square().mean(dim=tuple(range(input.dim() - len(normalized_shape), input.dim())), keepdim=True)
+    y = xf * torch.rsqrt(mean_square + eps)
+    if weight is not None:
+        y = y * weight
+    return y.to(input.dtype)
+
+
+def batch_renorm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+) -> Tensor:
+    r"""Batch Renormalization: BatchNorm corrected towards the running statistics.
+
+    With :math:`\sigma_B = \sqrt{\sigma_B^2 + \epsilon}` and :math:`\sigma = \sqrt{\hat{\sigma}^2 + \epsilon}`,
+
+    .. math::
+        r = \mathrm{sg}\left(\mathrm{clip}_{[1/r_{max}, r_{max}]}(\sigma_B / \sigma)\right), \quad
+        d = \mathrm{sg}\left(\mathrm{clip}_{[-d_{max}, d_{max}]}((\mu_B - \hat{\mu}) / \sigma)\right), \quad
+        y = \gamma \left(\frac{x - \mu_B}{\sigma_B} r + d\right) + \beta
+
+    where sg stops the gradient. The running statistics are updated exactly as in :func:`batch_norm`.
+    ``r_max=1, d_max=0`` is BatchNorm; evaluation normalizes with the running statistics.
+    """
+    if not training:
+        return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
+    if input.dim() < 2:
+        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    channels = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _check_channel_vector(name, t, channels)
+    _verify_batch_size(input.shape)
+    shape = _channel_shape(input)
+    mu_b, var_b = moments(input, [0, *range(2, input.dim())])
+    acc = mu_b.dtype
+    sigma_b = torch.sqrt(var_b + eps)
+    mu_run = running_mean.to(acc).reshape(shape)
+    sigma_run = torch.sqrt(running_var.to(acc).reshape(shape) + eps)
+    r = (sigma_b / sigma_run).clamp(1.0 / r_max, r_max).detach()
+    d = ((mu_b - mu_run) / sigma_run).clamp(-d_max, d_max).detach()
+    # (x - mu_B)/sigma_B * r + d  ==  (x - mu)/sqrt(var + eps) with mu = mu_B - d*sigma_B/r, sigma = sigma_B/r
+    y = (input.to(acc) - mu_b) / sigma_b * r + d
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    n = input.numel() // channels
+    if n > 0:
+        _update_running(running_mean, mu_b.reshape(-1), momentum)
+        _update_running(running_var, var_b.reshape(-1) * (n / (n - 1)), momentum)
+    return y.to(input.dtype)
+
+
+def switchable_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Switchable Normalization of ``(N, C, *spatial)`` input: IN, LN and BN statistics mixed.
+
+    :math:`\mu = \sum_{k} w_k \mu_k`, :math:`\sigma^2 = \sum_k w'_k \sigma_k^2` over
+    :math:`k \in (\mathrm{IN}, \mathrm{LN}, \mathrm{BN})`, with :math:`w = \mathrm{softmax}(`
+    ``mean_weight`` :math:`)` and :math:`w' = \mathrm{softmax}(` ``var_weight`` :math:`)`. The LN and BN
+    moments are derived from the IN ones by the law of total variance, e.g.
+    :math:`\sigma_{LN}^2 = \overline{\sigma_{IN}^2} + \overline{(\mu_{IN} - \mu_{LN})^2}` (averages
+    over channels), which needs no :math:`E[x^2] - E[x]^2`. All variances are biased. In training the
+    BN running statistics are updated as in :func:`batch_norm`; in evaluation they replace the BN
+    moments (batch moments are used if there are none).
+    """
+    if input.dim() < 3:
+        raise ValueError(f"expected input with spatial dims (N, C, *), got {input.dim()}D input")
+    channels = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _check_channel_vector(name, t, channels)
+    _verify_spatial_size(input.shape)
+    shape = _channel_shape(input)
+    mu_in, var_in = moments(input, range(2, input.dim()))  # (N, C, 1, ...)
+    mu_ln = mu_in.mean(1, keepdim=True)
+    var_ln = var_in.mean(1, keepdim=True) + (mu_in - mu_ln).square().mean(1, keepdim=True)
+    use_batch = training or running_mean is None or running_var is None
+    if use_batch:
+        if training:
+            _verify_batch_size(input.shape)
+        mu_bn = mu_in.mean(0, keepdim=True)
+        var_bn = var_in.mean(0, keepdim=True) + (mu_in - mu_bn).square().mean(0, keepdim=True)
+        if training and running_mean is not None and running_var is not None:
+            n = input.numel() // channels
+            _update_running(running_mean, mu_bn.reshape(-1), momentum)
+            _update_running(running_var, var_bn.reshape(-1) * (n / (n - 1)), momentum)
+    else:
+        mu_bn = running_mean.to(mu_in.dtype).reshape(shape)
+        var_bn = running_var.to(mu_in.dtype).reshape(shape)
+    w = torch.softmax(mean_weight.to(mu_in.dtype), 0)
+    v = torch.softmax(var_weight.to(mu_in.dtype), 0)
+    mu = w[0] * mu_in + w[1] * mu_ln + w[2] * mu_bn
+    var = v[0] * var_in + v[1] * var_ln + v[2] * var_bn
     return _normalize(input, mu, var, eps, weight, bias, shape)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,11 +33,15 @@ def mean_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, batch_
 
 def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, momentum: float = 0.9,
         weight_decay: float = 0.0, seed: int = 0, desc: str = "training", progress: bool = True,
-        loss_fn: nn.Module | None = None) -> dict[str, list[float]]:
+        loss_fn: nn.Module | None = None, batches: Callable[[torch.Generator], list[Tensor]] | None = None,
+        on_step: Callable[[int], None] | None = None) -> dict[str, list[float]]:
     """Train ``model`` with SGD on ``data = (x_train, y_train, x_test, y_test)``.
 
     Batches are reshuffled each epoch by a generator seeded with ``seed``; an incomplete last batch
-    is dropped (so BatchNorm never sees a batch of one). ``loss_fn`` defaults to cross-entropy.
+    is dropped (so BatchNorm never sees a batch of one). ``batches(gen)``, if given, replaces that: it
+    returns one epoch's list of index tensors (e.g. :func:`normlib.data.class_pair_batches`).
+    ``on_step(step)`` is called before each optimizer step (e.g. to follow a schedule).
+    ``loss_fn`` defaults to cross-entropy.
     After each epoch records the mean training loss of the epoch's batches (train mode) and the test
     loss (eval mode); for classification (integer targets) also the training accuracy of those
     batches and the test accuracy. Returns the per-epoch history
@@ -50,25 +55,33 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
     history: dict[str, list[float]] = {"loss": [], "test_loss": []}
     if classify:
         history.update(train_acc=[], test_acc=[])
-    steps = len(x_tr) // batch_size
+    if batches is None:
+        def batches(gen: torch.Generator) -> list[Tensor]:
+            perm = torch.randperm(len(x_tr), generator=gen)
+            return [perm[s * batch_size:(s + 1) * batch_size] for s in range(len(x_tr) // batch_size)]
+
+    step = 0
     for _ in tqdm(range(epochs), desc=desc, bar_format=BAR_FORMAT, disable=not progress, file=sys.stdout):
         model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        loss_sum, correct = 0.0, 0
-        for s in range(steps):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
+        epoch = batches(gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for idx in epoch:
+            if on_step is not None:
+                on_step(step)
+            step += 1
             logits = model(x_tr[idx])
             loss = loss_fn(logits, y_tr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item()
+            seen += len(idx)
             if classify:
                 correct += (logits.argmax(1) == y_tr[idx]).sum().item()
         model.eval()
-        history["loss"].append(loss_sum / steps)
+        history["loss"].append(loss_sum / len(epoch))
         history["test_loss"].append(mean_loss(model, x_te, y_te, loss_fn))
         if classify:
-            history["train_acc"].append(correct / (steps * batch_size))
+            history["train_acc"].append(correct / seen)
             history["test_acc"].append(accuracy(model, x_te, y_te))
     return history

@@ -9,7 +9,7 @@ from torch import nn as tnn
 import normlib.nn as N
 
 NAMES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-         "LayerNorm", "GroupNorm"]
+         "LayerNorm", "GroupNorm", "RMSNorm"]
 
 
 def _module_db_cases():
@@ -81,7 +81,8 @@ CONSTRUCTORS = [
     ("InstanceNorm1d", (5,), {}), ("InstanceNorm2d", (5,), {"affine": True, "track_running_stats": True}),
     ("InstanceNorm3d", (5,), {"affine": True}), ("LayerNorm", ((3, 4),), {}), ("LayerNorm", (4,), {"bias": False}),
     ("LayerNorm", ([4],), {"elementwise_affine": False}), ("GroupNorm", (2, 6), {}),
-    ("GroupNorm", (3, 6), {"affine": False, "eps": 1e-3}),
+    ("GroupNorm", (3, 6), {"affine": False, "eps": 1e-3}), ("RMSNorm", ((3, 4),), {}),
+    ("RMSNorm", (4,), {"eps": 1e-3, "elementwise_affine": False}),
 ]
 
 
