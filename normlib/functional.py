@@ -75,9 +75,21 @@ def _channel_shape(x: Tensor) -> tuple[int, ...]:
     return (1, x.shape[1]) + (1,) * (x.dim() - 2)
 
 
-def _check_channel_vector(name: str, t: Tensor | None, channels: int) -> None:
-    if t is not None and t.numel() != channels:
-        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+def _check_channel_vectors(input: Tensor, min_dim: int, **vectors: Tensor | None) -> int:
+    """Check the input's rank and that every given per-channel vector has C elements; return C."""
+    if input.dim() < min_dim:
+        raise ValueError(f"expected at least {min_dim}D input (got {input.dim()}D input)")
+    channels = input.shape[1]
+    for name, t in vectors.items():
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    return channels
+
+
+def _running_stats(running_mean: Tensor, running_var: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The running statistics, shaped ``(1, C, 1, ...)`` and in the accumulation dtype of ``like``."""
+    acc, shape = _acc_dtype(like.dtype), _channel_shape(like)
+    return running_mean.to(acc).reshape(shape), running_var.to(acc).reshape(shape)
 
 
 def _verify_batch_size(size: Sequence[int]) -> None:
@@ -93,9 +105,17 @@ def _verify_spatial_size(size: Sequence[int]) -> None:
 
 
 @torch.no_grad()
-def _update_running(running: Tensor, batch_value: Tensor, momentum: float) -> None:
-    r""":math:`\hat{s} \leftarrow (1 - m)\,\hat{s} + m\, s_t` (the running-statistics update)."""
-    running.mul_(1.0 - momentum).add_(batch_value.to(running.dtype), alpha=momentum)
+def _update_running(running_mean: Tensor | None, running_var: Tensor | None, mu: Tensor, var: Tensor, n: int,
+                    momentum: float) -> None:
+    r""":math:`\hat{s} \leftarrow (1 - m)\,\hat{s} + m\, s_t` for the mean and the *unbiased* variance.
+
+    ``mu`` and ``var`` are per-channel batch statistics from ``n`` values each (var biased);
+    nothing happens without running statistics or without values.
+    """
+    if running_mean is None or running_var is None or n < 1:
+        return
+    for running, value in ((running_mean, mu), (running_var, var * (n / (n - 1)))):
+        running.mul_(1.0 - momentum).add_(value.reshape(-1).to(running.dtype), alpha=momentum)
 
 
 def batch_norm(
@@ -118,29 +138,17 @@ def batch_norm(
     (``n`` values per channel). Evaluation uses :math:`\hat{\mu}, \hat{\sigma}^2` in place of the
     batch moments.
     """
-    if input.dim() < 2:
-        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-    channels = input.shape[1]
-    _check_channel_vector("running_mean", running_mean, channels)
-    _check_channel_vector("running_var", running_var, channels)
-    _check_channel_vector("weight", weight, channels)
-    _check_channel_vector("bias", bias, channels)
-    shape = _channel_shape(input)
+    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
+                                      bias=bias)
     if training:
         _verify_batch_size(input.shape)
+        mu, var = moments(input, [0, *range(2, input.dim())])
+        _update_running(running_mean, running_var, mu, var, input.numel() // channels, momentum)
     elif running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
-    if training:
-        mu, var = moments(input, [0, *range(2, input.dim())])
-        if running_mean is not None and running_var is not None and input.numel() > 0:
-            n = input.numel() // channels
-            _update_running(running_mean, mu.reshape(-1), momentum)
-            _update_running(running_var, var.reshape(-1) * (n / (n - 1)), momentum)
     else:
-        acc = _acc_dtype(input.dtype)
-        mu = running_mean.to(acc).reshape(shape)
-        var = running_var.to(acc).reshape(shape)
-    return _normalize(input, mu, var, eps, weight, bias, shape)
+        mu, var = _running_stats(running_mean, running_var, input)
+    return _normalize(input, mu, var, eps, weight, bias, _channel_shape(input))
 
 
 def instance_norm(
@@ -160,28 +168,18 @@ def instance_norm(
     per-instance mean and unbiased variance; with ``use_input_stats=False`` they replace the
     instance statistics.
     """
-    if input.dim() < 3:
-        raise ValueError(f"expected at least 3D input (got {input.dim()}D input)")
-    channels = input.shape[1]
-    _check_channel_vector("running_mean", running_mean, channels)
-    _check_channel_vector("running_var", running_var, channels)
-    _check_channel_vector("weight", weight, channels)
-    _check_channel_vector("bias", bias, channels)
-    shape = _channel_shape(input)
+    _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if use_input_stats:
         _verify_spatial_size(input.shape)
         mu, var = moments(input, range(2, input.dim()))
-        if running_mean is not None and running_var is not None and input.numel() > 0:
-            n = math.prod(input.shape[2:])
-            _update_running(running_mean, mu.mean(0).reshape(-1), momentum)
-            _update_running(running_var, (var * (n / (n - 1))).mean(0).reshape(-1), momentum)
+        # The running statistics follow the batch average of the per-instance statistics.
+        n = math.prod(input.shape[2:]) if input.numel() else 0
+        _update_running(running_mean, running_var, mu.mean(0), var.mean(0), n, momentum)
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
     else:
-        if running_mean is None or running_var is None:
-            raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
-        acc = _acc_dtype(input.dtype)
-        mu = running_mean.to(acc).reshape(shape)
-        var = running_var.to(acc).reshape(shape)
-    return _normalize(input, mu, var, eps, weight, bias, shape)
+        mu, var = _running_stats(running_mean, running_var, input)
+    return _normalize(input, mu, var, eps, weight, bias, _channel_shape(input))
 
 
 def layer_norm(
@@ -307,32 +305,19 @@ def batch_renorm(
     """
     if not training:
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    if input.dim() < 2:
-        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-    channels = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        _check_channel_vector(name, t, channels)
+    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
+                                      bias=bias)
     _verify_batch_size(input.shape)
-    shape = _channel_shape(input)
     mu_b, var_b = moments(input, [0, *range(2, input.dim())])
-    acc = mu_b.dtype
-    sigma_b = torch.sqrt(var_b + eps)
-    mu_run = running_mean.to(acc).reshape(shape)
-    sigma_run = torch.sqrt(running_var.to(acc).reshape(shape) + eps)
+    mu_run, var_run = _running_stats(running_mean, running_var, input)
+    sigma_b, sigma_run = torch.sqrt(var_b + eps), torch.sqrt(var_run + eps)
     r = (sigma_b / sigma_run).clamp(1.0 / r_max, r_max).detach()
     d = ((mu_b - mu_run) / sigma_run).clamp(-d_max, d_max).detach()
-    # (x - mu_B)/sigma_B * r + d  ==  (x - mu)/sqrt(var + eps) with mu = mu_B - d*sigma_B/r, sigma = sigma_B/r
-    y = (input.to(acc) - mu_b) / sigma_b * r + d
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    n = input.numel() // channels
-    if n > 0:
-        _update_running(running_mean, mu_b.reshape(-1), momentum)
-        _update_running(running_var, var_b.reshape(-1) * (n / (n - 1)), momentum)
-    return y.to(input.dtype)
+    # (x - mu_B) / sigma_B * r + d is a normalization with mean mu_B - d sigma_B / r and std sigma_B / r.
+    sigma = sigma_b / r
+    y = _normalize(input, mu_b - d * sigma, sigma.square(), 0.0, weight, bias, _channel_shape(input))
+    _update_running(running_mean, running_var, mu_b, var_b, input.numel() // channels, momentum)
+    return y
 
 
 def switchable_norm(
@@ -358,12 +343,8 @@ def switchable_norm(
     BN running statistics are updated as in :func:`batch_norm`; in evaluation they replace the BN
     moments (batch moments are used if there are none).
     """
-    if input.dim() < 3:
-        raise ValueError(f"expected input with spatial dims (N, C, *), got {input.dim()}D input")
-    channels = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
-        _check_channel_vector(name, t, channels)
+    channels = _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight,
+                                      bias=bias)
     _verify_spatial_size(input.shape)
     shape = _channel_shape(input)
     mu_in, var_in = moments(input, range(2, input.dim()))  # (N, C, 1, ...)
@@ -375,13 +356,10 @@ def switchable_norm(
             _verify_batch_size(input.shape)
         mu_bn = mu_in.mean(0, keepdim=True)
         var_bn = var_in.mean(0, keepdim=True) + (mu_in - mu_bn).square().mean(0, keepdim=True)
-        if training and running_mean is not None and running_var is not None:
-            n = input.numel() // channels
-            _update_running(running_mean, mu_bn.reshape(-1), momentum)
-            _update_running(running_var, var_bn.reshape(-1) * (n / (n - 1)), momentum)
+        if training:
+            _update_running(running_mean, running_var, mu_bn, var_bn, input.numel() // channels, momentum)
     else:
-        mu_bn = running_mean.to(mu_in.dtype).reshape(shape)
-        var_bn = running_var.to(mu_in.dtype).reshape(shape)
+        mu_bn, var_bn = _running_stats(running_mean, running_var, input)
     w = torch.softmax(mean_weight.to(mu_in.dtype), 0)
     v = torch.softmax(var_weight.to(mu_in.dtype), 0)
     mu = w[0] * mu_in + w[1] * mu_ln + w[2] * mu_bn

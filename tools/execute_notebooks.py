@@ -44,7 +44,9 @@ def execute(py: Path) -> None:
     start = time.perf_counter()
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(py.parent)}}).execute()
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"  # stable ids and no timestamps: re-running changes only what changed
+        cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             coalesce_streams(cell)
     jupytext.write(nb, ipynb, fmt="ipynb")
