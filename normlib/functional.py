@@ -200,18 +200,7 @@ def layer_norm(
     return _normalize(input, mu, var, eps, weight, bias, normalized_shape)
 
 
-def group_norm(
-    input: Tensor,
-    num_groups: int,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    eps: float = 1e-5,
-) -> Tensor:
-    r"""Group Normalization of ``(N, C, *)`` input: the C channels split into G groups.
-
-    Reshape to ``(N, G, C/G, *spatial)``, take the moments over all but the first two dims, then
-    apply the per-channel :math:`\gamma, \beta` (C of each, not G).
-    """
+def _check_group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> None:
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     n, channels = input.shape[0], input.shape[1]
@@ -227,6 +216,22 @@ def group_norm(
                 f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
             )
     _verify_batch_size([n * channels // num_groups, num_groups, *input.shape[2:]])
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Group Normalization of ``(N, C, *)`` input: the C channels split into G groups.
+
+    Reshape to ``(N, G, C/G, *spatial)``, take the moments over all but the first two dims, then
+    apply the per-channel :math:`\gamma, \beta` (C of each, not G).
+    """
+    _check_group_norm(input, num_groups, weight, bias)
+    n, channels = input.shape[0], input.shape[1]
     grouped = input.reshape((n, num_groups, channels // num_groups, *input.shape[2:]))
     mu, var = moments(grouped, range(2, grouped.dim()))
     # One (mu, sigma^2) per group, repeated for each of its C/G channels.

@@ -16,13 +16,17 @@ class LeNet(nn.Module):
     ``fc_norm(F)`` the one after the first fully connected layer (e.g. ``normlib.nn.BatchNorm1d``);
     ``None`` leaves the place empty. When a norm follows a layer, that layer has no bias of its own:
     the norm's :math:`\\beta` takes its place (a bias before a mean subtraction cancels out).
+    ``norm_after_activation=True`` puts each norm after its ReLU instead.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1,
-                 conv_norm: NormFactory | None = None, fc_norm: NormFactory | None = None) -> None:
+                 conv_norm: NormFactory | None = None, fc_norm: NormFactory | None = None,
+                 norm_after_activation: bool = False) -> None:
         super().__init__()
 
         def block(layer: Callable[[bool], nn.Module], width: int, norm: NormFactory | None) -> list[nn.Module]:
+            if norm_after_activation:  # layer -> ReLU -> norm: the layer keeps its bias
+                return [layer(True), nn.ReLU(), norm(width) if norm else nn.Identity()]
             return [layer(norm is None), norm(width) if norm else nn.Identity(), nn.ReLU()]
 
         self.features = nn.Sequential(

@@ -44,6 +44,13 @@ __all__ = [
     "layer_norm",
     "instance_norm",
     "group_norm",
+    "rms_norm",
+    "normalize_backward",
+    "batch_norm_backward",
+    "layer_norm_backward",
+    "instance_norm_backward",
+    "group_norm_backward",
+    "rms_norm_backward",
 ]
 
 
@@ -150,3 +157,110 @@ def group_norm(x, num_groups: int, gamma=None, beta=None, eps: float = 1e-5) -> 
         raise ValueError(f"num_channels ({c}) must be divisible by num_groups ({num_groups})")
     x_hat = normalize(x.reshape(n, num_groups, -1), (2,), eps).reshape(x.shape)
     return _affine(x_hat, gamma, beta, _channel_shape(x.ndim, c))
+
+
+def rms_norm(x, normalized_shape, gamma=None, eps: float | None = None) -> np.ndarray:
+    r"""RMSNorm: :math:`y = x / \sqrt{\overline{x^2} + \epsilon} \odot \gamma` over the trailing axes.
+
+    ``eps=None`` is the machine epsilon of ``x``'s dtype (as ``torch.nn.RMSNorm``).
+    """
+    eps = np.finfo(np.asarray(x).dtype).eps if eps is None else eps
+    x = np.asarray(x, dtype=np.float64)
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    axes = layer_norm_axes(x.ndim, len(tuple(normalized_shape)))
+    y = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + eps)
+    return _affine(y, gamma, None, tuple(normalized_shape))
+
+
+# ------------------------------------------------------------------------------------------------
+# Backward passes, one node of the computational graph at a time
+# ------------------------------------------------------------------------------------------------
+
+
+def normalize_backward(dx_hat, x, axes: Sequence[int], eps: float = 1e-5, center: bool = True) -> np.ndarray:
+    r"""Backprop :math:`\partial L/\partial \hat{x}` through :math:`\hat{x} = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`.
+
+    The forward graph, with the moments over ``axes`` (:math:`m` elements each):
+    ``mu = mean(x)``, ``xmu = x - mu``, ``sq = xmu**2``, ``var = mean(sq)``, ``std = sqrt(var + eps)``,
+    ``istd = 1/std``, ``x_hat = xmu * istd``; the backward visits the nodes in reverse. With
+    ``center=False`` the graph is RMSNorm's: ``ms = mean(x**2)``, ``x_hat = x / sqrt(ms + eps)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    dx_hat = np.asarray(dx_hat, dtype=np.float64)
+    axes = tuple(axes)
+    m = int(np.prod([x.shape[a] for a in axes]))
+    xmu = x - x.mean(axis=axes, keepdims=True) if center else x
+    var = (xmu**2).mean(axis=axes, keepdims=True)
+    std = np.sqrt(var + eps)
+    istd = 1.0 / std
+    # x_hat = xmu * istd
+    d_xmu = dx_hat * istd
+    d_istd = (dx_hat * xmu).sum(axis=axes, keepdims=True)
+    # istd = 1 / std,  std = sqrt(var + eps)
+    d_std = -d_istd / std**2
+    d_var = d_std * 0.5 / std
+    # var = mean(sq),  sq = xmu**2
+    d_sq = np.broadcast_to(d_var / m, x.shape)
+    d_xmu = d_xmu + 2.0 * xmu * d_sq
+    if not center:
+        return d_xmu
+    # xmu = x - mu,  mu = mean(x)
+    d_mu = -d_xmu.sum(axis=axes, keepdims=True)
+    return d_xmu + np.broadcast_to(d_mu / m, x.shape)
+
+
+def _affine_backward(dy, x_hat, gamma, shape, param_axes):
+    r"""Gradients of :math:`y = \gamma \hat{x} + \beta`: (dx_hat, dgamma, dbeta)."""
+    g = np.ones(shape) if gamma is None else np.asarray(gamma, dtype=np.float64).reshape(shape)
+    dgamma = (dy * x_hat).sum(axis=param_axes)
+    dbeta = dy.sum(axis=param_axes)
+    return dy * g, dgamma, dbeta
+
+
+def batch_norm_backward(dy, x, gamma=None, eps: float = 1e-5):
+    """``(dx, dgamma, dbeta)`` of :func:`batch_norm` in training (batch statistics)."""
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    axes = batch_norm_axes(x.ndim)
+    dx_hat, dgamma, dbeta = _affine_backward(dy, normalize(x, axes, eps), gamma, _channel_shape(x.ndim, x.shape[1]),
+                                             axes)
+    return normalize_backward(dx_hat, x, axes, eps), dgamma, dbeta
+
+
+def instance_norm_backward(dy, x, gamma=None, eps: float = 1e-5):
+    """``(dx, dgamma, dbeta)`` of :func:`instance_norm`."""
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    axes = instance_norm_axes(x.ndim)
+    dx_hat, dgamma, dbeta = _affine_backward(dy, normalize(x, axes, eps), gamma, _channel_shape(x.ndim, x.shape[1]),
+                                             batch_norm_axes(x.ndim))
+    return normalize_backward(dx_hat, x, axes, eps), dgamma, dbeta
+
+
+def layer_norm_backward(dy, x, normalized_shape, gamma=None, eps: float = 1e-5):
+    """``(dx, dgamma, dbeta)`` of :func:`layer_norm`; dgamma and dbeta have ``normalized_shape``."""
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    axes = layer_norm_axes(x.ndim, len(normalized_shape))
+    lead = tuple(range(x.ndim - len(normalized_shape)))
+    dx_hat, dgamma, dbeta = _affine_backward(dy, normalize(x, axes, eps), gamma, normalized_shape, lead)
+    return normalize_backward(dx_hat, x, axes, eps), dgamma, dbeta
+
+
+def group_norm_backward(dy, x, num_groups: int, gamma=None, eps: float = 1e-5):
+    """``(dx, dgamma, dbeta)`` of :func:`group_norm`: normalize over ``(N, G, C/G * spatial)``, per-channel affine."""
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    n, c = x.shape[:2]
+    x_hat = normalize(x.reshape(n, num_groups, -1), (2,), eps).reshape(x.shape)
+    dx_hat, dgamma, dbeta = _affine_backward(dy, x_hat, gamma, _channel_shape(x.ndim, c), batch_norm_axes(x.ndim))
+    dx = normalize_backward(dx_hat.reshape(n, num_groups, -1), x.reshape(n, num_groups, -1), (2,), eps)
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def rms_norm_backward(dy, x, normalized_shape, gamma=None, eps: float = 1e-6):
+    """``(dx, dgamma)`` of :func:`rms_norm` (no bias)."""
+    x, dy = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    axes = layer_norm_axes(x.ndim, len(normalized_shape))
+    x_hat = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + eps)
+    dx_hat, dgamma, _ = _affine_backward(dy, x_hat, gamma, normalized_shape, tuple(range(x.ndim - len(axes))))
+    return normalize_backward(dx_hat, x, axes, eps, center=False), dgamma

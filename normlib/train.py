@@ -85,3 +85,29 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
             history["train_acc"].append(correct / seen)
             history["test_acc"].append(accuracy(model, x_te, y_te))
     return history
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int = 256) -> nn.Module:
+    """Recompute every BatchNorm's running statistics as exact averages over ``x``, in place.
+
+    Resets the running statistics, switches them to a cumulative average (``momentum=None``), runs
+    ``x`` through the model in training mode without gradients, then restores each momentum and the
+    model's mode. The weights are untouched. Returns the model.
+    """
+    from normlib.nn.batchnorm import _BatchNorm
+
+    norms = [m for m in model.modules()
+             if isinstance(m, (nn.modules.batchnorm._BatchNorm, _BatchNorm)) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for i in range(0, len(x), batch_size):
+        model(x[i:i + batch_size])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
