@@ -6,6 +6,7 @@ from normlib.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm
 from normlib.nn.normalization import GroupNorm, LayerNorm, RMSNorm
 from normlib.nn.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, renorm_limits, set_renorm_limits
 from normlib.nn.switchable import SwitchableNorm1d, SwitchableNorm2d, SwitchableNorm3d
+from normlib.nn.syncbatchnorm import SyncBatchNorm
 
 __all__ = [
     "BatchNorm1d",
@@ -25,6 +26,7 @@ __all__ = [
     "SwitchableNorm1d",
     "SwitchableNorm2d",
     "SwitchableNorm3d",
+    "SyncBatchNorm",
     "Dropout",
     "Dropout1d",
     "Dropout2d",

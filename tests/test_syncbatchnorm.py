@@ -1,0 +1,106 @@
+"""SyncBatchNorm across 2 and 3 gloo processes equals one BatchNorm on the concatenated batch."""
+
+import pytest
+import torch
+from torch import nn as tnn
+
+import normlib.nn as N
+from normlib.distributed import launch
+
+
+def _global_data(sizes, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((sum(sizes), *shape), generator=g, dtype=torch.float64) * 2 + 1
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    w, b = torch.randn(shape[0], generator=g, dtype=torch.float64), torch.randn(shape[0], generator=g,
+                                                                               dtype=torch.float64)
+    return x, dy, w, b
+
+
+def _sync_worker(rank, world_size, sizes, shape, seed, steps, messages):
+    x_all, dy_all, w, b = _global_data(sizes, shape, seed)
+    start = sum(sizes[:rank])
+    layer = N.SyncBatchNorm(shape[0], momentum=0.3).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    outs = []
+    for step in range(steps):
+        x = (x_all[start:start + sizes[rank]] * (1 + step)).clone().requires_grad_()
+        y = layer(x)
+        y.backward(dy_all[start:start + sizes[rank]])
+        outs.append((y.detach(), x.grad))
+    return {"outs": outs, "running_mean": layer.running_mean, "running_var": layer.running_var,
+            "weight_grad": layer.weight.grad, "bias_grad": layer.bias.grad}
+
+
+@pytest.mark.parametrize("sizes,shape", [([3, 5], (4,)), ([1, 3], (4, 5)), ([2, 1, 4], (3, 2, 2)),
+                                         ([1, 1, 1], (3,))])
+def test_sync_batchnorm_equals_batchnorm_on_the_global_batch(sizes, shape):
+    steps = 2
+    results = launch(_sync_worker, len(sizes), (sizes, shape, 0, steps), timeout=120)
+    x_all, dy_all, w, b = _global_data(sizes, shape, 0)
+    bn = tnn.BatchNorm1d(shape[0], momentum=0.3).double() if len(shape) < 3 else \
+        tnn.BatchNorm2d(shape[0], momentum=0.3).double()
+    with torch.no_grad():
+        bn.weight.copy_(w)
+        bn.bias.copy_(b)
+    for step in range(steps):
+        x = (x_all * (1 + step)).clone().requires_grad_()
+        y = bn(x)
+        y.backward(dy_all)
+        torch.testing.assert_close(torch.cat([r["outs"][step][0] for r in results]), y.detach())
+        torch.testing.assert_close(torch.cat([r["outs"][step][1] for r in results]), x.grad)
+    for r in results:  # every rank holds the same running statistics
+        torch.testing.assert_close(r["running_mean"], bn.running_mean)
+        torch.testing.assert_close(r["running_var"], bn.running_var)
+    # Parameter gradients stay local; their sum over ranks is the global one (DDP averages them).
+    torch.testing.assert_close(sum(r["weight_grad"] for r in results), bn.weight.grad)
+    torch.testing.assert_close(sum(r["bias_grad"] for r in results), bn.bias.grad)
+
+
+def _failing_worker(rank, world_size, messages):
+    if rank == 1:
+        raise RuntimeError("boom")
+    return rank
+
+
+def test_launch_reports_a_failing_rank():
+    with pytest.raises(RuntimeError, match="boom"):
+        launch(_failing_worker, 2, timeout=60)
+
+
+def test_outside_a_process_group_it_is_batchnorm():
+    sync, bn = N.SyncBatchNorm(3), tnn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(sync(x), bn(x))
+    torch.testing.assert_close(sync.running_var, bn.running_var)
+    sync.eval()
+    bn.eval()
+    torch.testing.assert_close(sync(x), bn(x))
+    assert repr(sync) == repr(tnn.SyncBatchNorm(3))
+    assert list(sync.state_dict()) == list(tnn.SyncBatchNorm(3).state_dict())
+    with pytest.raises(ValueError):
+        sync(torch.randn(3))
+
+
+def test_convert_sync_batchnorm_keeps_parameters_and_buffers():
+    model = tnn.Sequential(tnn.Conv2d(1, 4, 3), tnn.BatchNorm2d(4), tnn.ReLU(),
+                           tnn.Sequential(tnn.Flatten(), tnn.Linear(4, 4), N.BatchNorm1d(4, affine=False)),
+                           N.GroupNorm(2, 4))
+    for _ in range(3):
+        model(torch.randn(8, 1, 3, 3))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model[1].weight
+    converted = N.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], N.SyncBatchNorm) and isinstance(converted[3][2], N.SyncBatchNorm)
+    assert isinstance(converted[4], N.GroupNorm) and isinstance(converted[0], tnn.Conv2d)
+    assert not converted[1].training and converted[3][2].weight is None
+    assert converted[1].weight is weight  # shared, as torch's convert_sync_batchnorm does
+    after = converted.state_dict()
+    assert list(after) == list(before)
+    for k in before:
+        assert torch.equal(after[k], before[k]), k
+    x = torch.randn(5, 1, 3, 3)
+    torch.testing.assert_close(converted(x), tnn.Sequential(*model.children())(x))
