@@ -16,10 +16,12 @@
 # positions) it takes four steps:
 #
 # $$
-# \mu_B = \frac{1}{m}\sum_{k=1}^{m} x_k, \qquad
-# \sigma_B^2 = \frac{1}{m}\sum_{k=1}^{m} (x_k - \mu_B)^2, \qquad
-# \hat{x}_k = \frac{x_k - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}}, \qquad
-# y_k = \gamma\,\hat{x}_k + \beta .
+# \begin{aligned}
+# &\text{1. mean:} & \mu_B &= \frac{1}{m}\sum_{k=1}^{m} x_k, &\qquad
+# &\text{2. variance:} & \sigma_B^2 &= \frac{1}{m}\sum_{k=1}^{m} (x_k - \mu_B)^2, \\
+# &\text{3. normalize:} & \hat{x}_k &= \frac{x_k - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}}, &\qquad
+# &\text{4. scale and shift:} & y_k &= \gamma\,\hat{x}_k + \beta .
+# \end{aligned}
 # $$
 #
 # That is all in training. At inference there may be a single sample, so the layer keeps running
