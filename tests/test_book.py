@@ -37,3 +37,25 @@ def test_book_builds_without_warnings_and_has_every_page(built_book):
 def test_every_lesson_is_in_the_book():
     lessons = {f"notebooks/{p.stem}" for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert lessons <= set(toc_files())
+
+
+def test_set_repository_turns_on_repository_and_launch_buttons(tmp_path):
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from set_repository import set_repository
+    finally:
+        sys.path.pop(0)
+    config = tmp_path / "_config.yml"
+    shutil.copy(ROOT / "_config.yml", config)
+    before = yaml.safe_load(config.read_text())
+    assert "repository" not in before, "the committed config names no repository: the workflow sets it"
+    set_repository("https://github.com/owner/repo/", config=config)
+    after = yaml.safe_load(config.read_text())
+    assert after["repository"]["url"] == "https://github.com/owner/repo"
+    assert after["html"]["use_repository_button"] and after["launch_buttons"]["colab_url"]
+    assert after["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert {k: v for k, v in after.items() if k not in ("repository", "html", "launch_buttons")} == \
+        {k: v for k, v in before.items() if k not in ("repository", "html", "launch_buttons")}
