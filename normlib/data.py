@@ -47,3 +47,29 @@ def class_pair_batches(y: torch.Tensor, per_class: int, gen: torch.Generator) ->
             taken[cb] += per_class
             batches.append(idx)
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def variable_length_sums(n: int, min_len: int = 4, max_len: int = 32, seed: int = 0):
+    """Sequences of N(0, 1) values of random length; the label says whether their sum is positive.
+
+    Returns ``(x, y)`` with ``x`` of shape ``(n, max_len, 2)``: feature 0 is the value (0 after the
+    end), feature 1 is 1 on the sequence's steps and 0 on the padding. Solving the task means
+    carrying a running sum through every step, so a recurrent model must work at every length.
+    """
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=g)
+    valid = (torch.arange(max_len)[None, :] < lengths[:, None]).float()
+    values = torch.randn(n, max_len, generator=g) * valid
+    y = (values.sum(1) > 0).long()
+    return torch.stack([values, valid], dim=-1), y
+
+
+def sample_photos(stride: int = 4) -> torch.Tensor:
+    """scikit-learn's two sample photos (a temple in China, a flower) as float32 ``(2, 3, H, W)`` in [0, 1].
+
+    ``stride`` subsamples the 427x640 originals (4 gives 107x160), which keeps lessons light.
+    """
+    from sklearn.datasets import load_sample_images
+
+    images = np.stack(load_sample_images().images)[:, ::stride, ::stride]  # (2, H, W, 3) uint8
+    return torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()

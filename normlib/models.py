@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 NormFactory = Callable[[int], nn.Module]
@@ -65,3 +66,43 @@ def mlp(sizes: list[int], activation: Callable[[], nn.Module] = nn.ReLU, dropout
             if dropout > 0:
                 layers.append(dropout_layer(dropout))
     return nn.Sequential(*layers)
+
+
+class NormRNN(nn.Module):
+    r"""An Elman RNN classifier with a norm on the pre-activation, :math:`h_t = \tanh(N(W x_t + U h_{t-1}))`.
+
+    Input ``(B, T, 2)``: a value and a 1/0 flag marking real steps versus padding (as made by
+    :func:`normlib.data.variable_length_sums`); a sequence's state stops changing after its last step.
+    ``norm`` is ``None``, ``"layer"`` (one ``LayerNorm(hidden)`` shared by all steps: statistics of each
+    sample's own hidden vector) or ``"batch"`` (one ``BatchNorm1d(hidden)`` *per time step*, over the
+    sequences still running at that step; steps beyond ``max_len`` reuse the last one, as they must for
+    sequences longer than any seen in training).
+    """
+
+    def __init__(self, hidden: int = 32, num_classes: int = 2, norm: str | None = "layer", max_len: int = 32) -> None:
+        super().__init__()
+        from normlib import nn as N
+
+        if norm not in (None, "layer", "batch"):
+            raise ValueError(f"norm must be None, 'layer' or 'batch', got {norm!r}")
+        self.inp = nn.Linear(1, hidden)
+        self.rec = nn.Linear(hidden, hidden, bias=norm is None)
+        self.norm = norm
+        steps = {None: 0, "layer": 1, "batch": max_len}[norm]
+        make = (lambda: N.LayerNorm(hidden)) if norm == "layer" else (lambda: N.BatchNorm1d(hidden))
+        self.norms = nn.ModuleList([make() for _ in range(steps)])
+        self.out = nn.Linear(hidden, num_classes)
+        self.hidden = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            active = x[:, t, 1] > 0
+            if not active.any():
+                break
+            pre = self.inp(x[active, t, :1]) + self.rec(h[active])
+            if self.norm is not None and (not self.training or self.norm == "layer" or int(active.sum()) > 1):
+                pre = self.norms[min(t, len(self.norms) - 1)](pre)
+            h = h.clone()
+            h[active] = torch.tanh(pre)
+        return self.out(h)
