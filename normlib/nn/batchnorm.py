@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlib import functional as F
+from normlib.backend import ops
 from normlib.nn._affine import init_affine, reset_affine
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -102,7 +102,7 @@ class _BatchNorm(_NormBase):
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         # Running statistics are updated only when tracked and training.
         pass_running = not self.training or self.track_running_stats
-        return F.batch_norm(
+        return ops(input).batch_norm(
             input,
             self.running_mean if pass_running else None,
             self.running_var if pass_running else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Generator, Tensor, nn
 
 from normlib import functional as F
+from normlib.backend import ops
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"]
 
@@ -37,10 +38,12 @@ class _DropoutNd(nn.Module):
 class Dropout(_DropoutNd):
     r"""Elementwise dropout: :math:`y = x \odot r / (1-p)`, :math:`r_k \sim \mathrm{Bernoulli}(1-p)` in training.
 
-    ``p`` is the drop probability. Identity in evaluation.
+    ``p`` is the drop probability. Identity in evaluation. With the ``"triton"`` backend
+    (:func:`normlib.set_backend`) GPU tensors use a kernel that regenerates the mask from a seed.
     """
 
-    _fn = staticmethod(F.dropout)
+    def forward(self, input: Tensor) -> Tensor:
+        return ops(input).dropout(input, self.p, self.training, self.inplace, generator=self.generator)
 
 
 class Dropout1d(_DropoutNd):

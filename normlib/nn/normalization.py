@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
-from normlib import functional as F
+from normlib.backend import ops
 from normlib.nn._affine import init_affine, reset_affine
 
 __all__ = ["LayerNorm", "GroupNorm", "RMSNorm"]
@@ -49,7 +49,7 @@ class LayerNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return ops(input).layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -92,7 +92,7 @@ class GroupNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return ops(input).group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -128,7 +128,7 @@ class RMSNorm(nn.Module):
             init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return ops(x).rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -1,0 +1,104 @@
+"""normlib.kernels against normlib.functional: on a GPU when there is one, else in Triton's interpreter.
+
+The interpreter runs the same kernel code on CPU tensors, one program at a time: slow, so the shapes are
+small, but it checks every kernel's arithmetic, forward and backward.
+"""
+
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton.jit sees the kernels
+triton = pytest.importorskip("triton", reason="triton is in requirements.txt; without it there are no kernels")
+
+import normlib  # noqa: E402
+import normlib.functional as F  # noqa: E402
+from normlib import kernels as K  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def _compare(kernel_fn, reference_fn, *tensors, atol=1e-5, rtol=1e-4):
+    a = [t.detach().clone().to(DEVICE).requires_grad_(t.requires_grad) for t in tensors]
+    b = [t.detach().clone().to(DEVICE).requires_grad_(t.requires_grad) for t in tensors]
+    y, y_ref = kernel_fn(*a), reference_fn(*b)
+    torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    y_ref.backward(dy)
+    for t, t_ref in zip(a, b, strict=True):
+        if t.requires_grad:
+            torch.testing.assert_close(t.grad, t_ref.grad, atol=atol * 10, rtol=rtol * 10)
+
+
+def _param(*shape):
+    return torch.randn(*shape).requires_grad_()
+
+
+@pytest.mark.parametrize("shape,normalized", [((6, 40), [40]), ((2, 3, 7), [7]), ((3, 2, 4, 4), [2, 4, 4])])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(shape, normalized, affine):
+    x = (torch.randn(shape) * 2 + 1).requires_grad_()
+    w, b = (_param(*normalized), _param(*normalized)) if affine else (None, None)
+    tensors = [t for t in (x, w, b) if t is not None]
+
+    def call(lib):
+        return lambda *ts: lib.layer_norm(ts[0], normalized, *(ts[1:] if affine else ()))
+
+    _compare(call(K), call(F), *tensors)
+
+
+@pytest.mark.parametrize("shape,normalized", [((5, 33), [33]), ((2, 3, 16), [16])])
+def test_rms_norm(shape, normalized):
+    _compare(lambda x, w: K.rms_norm(x, normalized, w), lambda x, w: F.rms_norm(x, normalized, w),
+             (torch.randn(shape) * 2).requires_grad_(), _param(*normalized))
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 8, 5, 5), 4), ((2, 6, 7), 3), ((2, 4, 3, 3), 1), ((4, 6), 6)])
+def test_group_norm(shape, groups):
+    c = shape[1]
+    _compare(lambda x, w, b: K.group_norm(x, groups, w, b), lambda x, w, b: F.group_norm(x, groups, w, b),
+             (torch.randn(shape) * 2 + 1).requires_grad_(), _param(c), _param(c))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (8, 5), (3, 4, 6)])
+def test_batch_norm_training_and_running_stats(shape):
+    c = shape[1]
+    rm, rv = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
+    rm2, rv2 = rm.clone(), rv.clone()
+    _compare(lambda x, w, b: K.batch_norm(x, rm, rv, w, b, training=True, momentum=0.3),
+             lambda x, w, b: F.batch_norm(x, rm2, rv2, w, b, training=True, momentum=0.3),
+             (torch.randn(shape) * 2 + 1).requires_grad_(), _param(c), _param(c))
+    torch.testing.assert_close(rm, rm2)
+    torch.testing.assert_close(rv, rv2)
+
+
+def test_dropout_mask_is_regenerated_in_the_backward():
+    x = torch.randn(20_000, device=DEVICE, requires_grad=True)
+    torch.manual_seed(0)
+    y = K.dropout(x, 0.3)
+    y.backward(torch.ones_like(y))
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / 20_000) ** 0.5
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.7)
+    assert torch.equal(x.grad == 0, dropped)  # the same mask, though none was stored
+    torch.manual_seed(0)
+    assert torch.equal(K.dropout(x.detach(), 0.3), y.detach())  # reproducible under torch.manual_seed
+    assert torch.equal(K.dropout(x, 0.3, training=False), x)
+
+
+def test_the_triton_backend_routes_normlib_nn_through_the_kernels(monkeypatch):
+    calls = []
+    original = K.layer_norm
+    monkeypatch.setattr(K, "layer_norm", lambda *a, **k: calls.append(1) or original(*a, **k))
+    layer = normlib.nn.LayerNorm(8).to(DEVICE)
+    x = torch.randn(4, 8, device=DEVICE)
+    with normlib.use_backend("triton"):
+        y = layer(x)
+    assert calls and normlib.get_backend() == "torch"
+    torch.testing.assert_close(y, layer(x))
+    with pytest.raises(ValueError):
+        normlib.set_backend("cuda")
