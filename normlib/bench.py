@@ -1,9 +1,14 @@
-"""The one timing helper every timing cell uses.
+"""The one timing helper every timing cell uses, and the benchmark suite (``python -m normlib.bench``).
 
 On CUDA: CUDA events around each call, warm-up first, the L2 cache flushed between repetitions,
 median and interquartile range reported. On the CPU: ``torch.utils.benchmark.Timer`` with the
 thread count set explicitly and ``blocked_autorange``, median reported. Correctness is the
-caller's job: check the function's output before timing it.
+caller's job: check the function's output before timing it (the suite does).
+
+Norms and dropout are memory-bound, so speed is reported against a **byte model**, the least traffic
+the operation needs: the forward reads ``x`` and writes ``y`` (2 tensors), the backward reads ``x`` and
+``dy`` and writes ``dx`` (3 tensors); parameters and statistics are negligible. Achieved GB/s = model
+bytes / median time, also given as a fraction of the device's copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
@@ -79,3 +84,45 @@ def _benchmark_cuda(fn: Callable[[], object], device: torch.device, *, reps: int
     times = sorted(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True))
     q = statistics.quantiles(times, n=4)
     return Timing(statistics.median(times), q[2] - q[0], reps, device_name(device), None)
+
+
+BYTES_PER_PASS = {"forward": 2, "forward+backward": 5}  # tensors of x's size moved, in the byte model
+
+
+def model_bytes(numel: int, element_size: int, mode: str) -> int:
+    """Bytes the byte model says ``mode`` must move for a tensor of ``numel`` elements."""
+    return BYTES_PER_PASS[mode] * numel * element_size
+
+
+def copy_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 * 2**20) -> float:
+    """Measured device copy bandwidth in GB/s: ``dst.copy_(src)`` moves ``2 * nbytes``."""
+    device = torch.device(device)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    timing = benchmark(lambda: dst.copy_(src), device, min_run_time=1.0)
+    return 2 * nbytes / timing.median_s / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m normlib.bench [--quick] [--device cuda] [--threads N] [--out FILE]``."""
+    import argparse
+
+    from normlib.bench_suite import run
+
+    parser = argparse.ArgumentParser(prog="python -m normlib.bench", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes (a few minutes on a laptop CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    parser.add_argument("--out", default=None, help="where to write the JSON (default: print a summary only)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(quick=args.quick, device=args.device, out=args.out)
+    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s")
+    for r in report["results"]:
+        print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{str(r['shape']):<22}"
+              f"{r['median_ms']:>9.3f} ms {r['GBps']:>8.1f} GB/s {100 * r['fraction_of_copy']:>5.0f}% of copy")
+
+
+if __name__ == "__main__":
+    main()

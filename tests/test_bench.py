@@ -1,0 +1,39 @@
+"""normlib.bench: the byte model, the timer, and the suite's JSON (on one tiny case)."""
+
+import json
+
+import torch
+
+from normlib import bench, bench_suite
+
+
+def test_byte_model():
+    assert bench.model_bytes(1000, 4, "forward") == 8000
+    assert bench.model_bytes(1000, 2, "forward+backward") == 10000
+
+
+def test_benchmark_times_the_function_it_is_given():
+    calls = []
+    timing = bench.benchmark(lambda: calls.append(1), "cpu", threads=1, min_run_time=0.05)
+    assert calls and timing.median_s > 0 and timing.runs >= 1 and timing.threads == 1
+    assert "ms" in str(timing)
+
+
+def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_suite, "_cases", lambda quick, device: [("layer_norm", (64, 128)),
+                                                                     ("group_norm", (4, 32, 4, 4))])
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda device, nbytes=0: 10.0)
+    monkeypatch.setattr(bench_suite, "copy_bandwidth", lambda device: 10.0)
+    out = tmp_path / "bench.json"
+    report = bench_suite.run(quick=True, device="cpu", out=str(out), progress=False)
+    assert json.loads(out.read_text()) == report
+    for key in ("device", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps"):
+        assert key in report
+    impls = {r["impl"] for r in report["results"]}
+    assert impls == {"torch", "normlib", "normlib-compiled"}
+    assert len(report["results"]) == 2 * 3 * 2  # cases x implementations x modes
+    for r in report["results"]:
+        assert r["median_ms"] > 0
+        expected = bench.model_bytes(torch.Size(r["shape"]).numel(), 4, r["mode"]) / (r["median_ms"] / 1e3) / 1e9
+        assert abs(r["GBps"] - expected) < 1e-6 * expected
+        assert abs(r["fraction_of_copy"] - r["GBps"] / 10.0) < 1e-9
