@@ -51,6 +51,8 @@ __all__ = [
     "instance_norm_backward",
     "group_norm_backward",
     "rms_norm_backward",
+    "numeric_grad",
+    "rel_error",
 ]
 
 
@@ -264,3 +266,27 @@ def rms_norm_backward(dy, x, normalized_shape, gamma=None, eps: float = 1e-6):
     x_hat = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + eps)
     dx_hat, dgamma, _ = _affine_backward(dy, x_hat, gamma, normalized_shape, tuple(range(x.ndim - len(axes))))
     return normalize_backward(dx_hat, x, axes, eps, center=False), dgamma
+
+
+def numeric_grad(f, x: np.ndarray, dy: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    r"""Central differences of :math:`L = \sum f(x) \odot dy` with respect to every element of ``x``.
+
+    :math:`\partial L/\partial x_k \approx (L(x + h e_k) - L(x - h e_k)) / 2h`, one element at a time
+    (``x`` is modified in place and restored). The CS231n way to check a backward pass.
+    """
+    grad = np.zeros_like(x, dtype=np.float64)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        plus = (f(x) * dy).sum()
+        x[i] = old - h
+        minus = (f(x) * dy).sum()
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def rel_error(a, b) -> float:
+    r"""Largest relative error :math:`|a - b| / \max(10^{-8}, |a| + |b|)`; about 1e-8 or less for a correct gradient."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))

@@ -56,34 +56,20 @@ print(inspect.getsource(R.normalize_backward))
 # $\frac{|a - b|}{|a| + |b|}$ should be around $10^{-8}$ or below in float64:
 
 # %%
-def numeric_grad(f, x, dy, h=1e-6):
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        plus = (f(x) * dy).sum()
-        x[i] = old - h
-        minus = (f(x) * dy).sum()
-        x[i] = old
-        grad[i] = (plus - minus) / (2 * h)
-    return grad
+print(inspect.getsource(R.numeric_grad))
 
-
-def rel_error(a, b):
-    return np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b)))
-
-
+# %%
 rng = np.random.default_rng(0)
 x, dy = rng.normal(1, 2, (6, 3, 2)), rng.normal(size=(6, 3, 2))
 gamma, beta = rng.normal(1, 0.5, 3), rng.normal(size=3)
 dx, dgamma, dbeta = R.batch_norm_backward(dy, x, gamma)
 checks = {
-    "dx": (dx, numeric_grad(lambda x: R.batch_norm(x, gamma, beta), x.copy(), dy)),
-    "dgamma": (dgamma, numeric_grad(lambda g: R.batch_norm(x, g, beta), gamma.copy(), dy)),
-    "dbeta": (dbeta, numeric_grad(lambda b: R.batch_norm(x, gamma, b), beta.copy(), dy)),
+    "dx": (dx, R.numeric_grad(lambda x: R.batch_norm(x, gamma, beta), x.copy(), dy)),
+    "dgamma": (dgamma, R.numeric_grad(lambda g: R.batch_norm(x, g, beta), gamma.copy(), dy)),
+    "dbeta": (dbeta, R.numeric_grad(lambda b: R.batch_norm(x, gamma, b), beta.copy(), dy)),
 }
 for name, (analytic, numeric) in checks.items():
-    print(f"BatchNorm {name:<7} relative error < 1e-7: {rel_error(analytic, numeric) < 1e-7}")
+    print(f"BatchNorm {name:<7} relative error < 1e-7: {R.rel_error(analytic, numeric) < 1e-7}")
 
 # %% [markdown]
 # ## The compact formula
