@@ -73,6 +73,22 @@ class _NormBase(nn.Module):
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
 
+    def _running_update(self) -> tuple[Tensor | None, Tensor | None, float]:
+        """Count this step and say how to update the running statistics: ``(mean, var, factor)``.
+
+        In training with tracked statistics ``num_batches_tracked`` goes up by one and ``factor`` is the
+        momentum (``None``: the cumulative average's ``1/t``). The buffers are returned when they are to be
+        updated (training, tracked) or used (eval), and ``None`` otherwise.
+        """
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative average: factor 1/t at step t
+                factor = 1.0 / float(self.num_batches_tracked)
+        if self.training and not self.track_running_stats:
+            return None, None, factor
+        return self.running_mean, self.running_var, factor
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -93,25 +109,11 @@ class _NormBase(nn.Module):
 class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average: factor 1/t at step t
-                factor = 1.0 / float(self.num_batches_tracked)
+        running_mean, running_var, factor = self._running_update()
         # Batch statistics in training, and in eval when there are no running statistics.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        # Running statistics are updated only when tracked and training.
-        pass_running = not self.training or self.track_running_stats
-        return ops(input).batch_norm(
-            input,
-            self.running_mean if pass_running else None,
-            self.running_var if pass_running else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        return ops(input).batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+                                     factor, self.eps)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -31,13 +31,9 @@ class _BatchRenorm(_NormBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        return F.batch_renorm(input, self.running_mean, self.running_var, self.weight, self.bias, self.training,
-                              factor, self.eps, self.r_max, self.d_max)
+        running_mean, running_var, factor = self._running_update()
+        return F.batch_renorm(input, running_mean, running_var, self.weight, self.bias, self.training, factor,
+                              self.eps, self.r_max, self.d_max)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "

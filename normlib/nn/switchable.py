@@ -43,15 +43,9 @@ class _SwitchableNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != self._spatial_dims + 2:
             raise ValueError(f"expected {self._spatial_dims + 2}D input (got {input.dim()}D input)")
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        tracked = not self.training or self.track_running_stats
-        return F.switchable_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
-                                 self.mean_weight, self.var_weight, self.weight, self.bias, self.training, factor,
-                                 self.eps)
+        running_mean, running_var, factor = self._running_update()
+        return F.switchable_norm(input, running_mean, running_var, self.mean_weight, self.var_weight, self.weight,
+                                 self.bias, self.training, factor, self.eps)
 
 
 class SwitchableNorm1d(_SwitchableNorm):

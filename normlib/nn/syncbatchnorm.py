@@ -107,15 +107,8 @@ class SyncBatchNorm(_NormBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        running_mean, running_var, factor = self._running_update()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        pass_running = not self.training or self.track_running_stats
-        running_mean = self.running_mean if pass_running else None
-        running_var = self.running_var if pass_running else None
         if not (use_batch_stats and _world_size(self.process_group) > 1):
             return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,
                                 self.eps)
