@@ -1,4 +1,8 @@
-"""Which implementation normlib.nn's layers run: ``"torch"`` (normlib.functional, the default) or ``"triton"``.
+"""Which implementation normlib.nn's layers run: ``"torch"`` (the default), ``"manual"`` or ``"triton"``.
+
+``"torch"`` is :mod:`normlib.functional` (tensor ops, backward by autograd). ``"manual"`` routes the norms
+through :mod:`normlib.manual`: the same forward with the hand-derived backward, which saves less for the
+backward and, under ``torch.compile``, is normlib's fast CPU path.
 
 ``"triton"`` routes LayerNorm, RMSNorm, GroupNorm, BatchNorm (training) and Dropout through the Triton
 kernels of :mod:`normlib.kernels` for tensors on a GPU (or on the CPU under ``TRITON_INTERPRET=1``, which
@@ -9,18 +13,18 @@ the same function.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
-from types import ModuleType
 
 from torch import Tensor
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "manual", "triton")
 _backend = "torch"
 _interpret = False  # TRITON_INTERPRET=1 when the triton backend was selected: CPU tensors use the kernels too
 
 
 def set_backend(name: str) -> None:
-    """Select the implementation for normlib.nn's layers: ``"torch"`` or ``"triton"``."""
+    """Select the implementation for normlib.nn's layers: ``"torch"``, ``"manual"`` or ``"triton"``."""
     global _backend, _interpret
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
@@ -45,12 +49,16 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def ops(x: Tensor) -> ModuleType:
-    """The module whose functions a layer should call for input ``x``."""
-    if _backend == "triton" and (x.is_cuda or _interpret):
-        from normlib import kernels
+def ops(x: Tensor, name: str) -> Callable:
+    """The function ``name`` (e.g. ``"layer_norm"``) that a layer should call for input ``x``.
 
-        return kernels
+    The selected backend's, where it has one for ``x``; :mod:`normlib.functional`'s otherwise.
+    """
     from normlib import functional
 
-    return functional
+    module = None
+    if _backend == "triton" and (x.is_cuda or _interpret):
+        from normlib import kernels as module
+    elif _backend == "manual":
+        from normlib import manual as module
+    return getattr(module, name, None) or getattr(functional, name)

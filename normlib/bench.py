@@ -86,6 +86,27 @@ def _benchmark_cuda(fn: Callable[[], object], device: torch.device, *, reps: int
     return Timing(statistics.median(times), q[2] - q[0], reps, device_name(device), None)
 
 
+def hold_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of handing it back to the OS; True if it did.
+
+    By default glibc serves every allocation over 32 MiB with a fresh ``mmap`` and unmaps it when freed,
+    so each call that creates a large tensor pays for the kernel zeroing and mapping new pages: on a
+    small machine that costs more than the norm itself, and a CPU benchmark then measures page faults.
+    GPU allocators (PyTorch's caching allocator) and CPU allocators such as jemalloc keep freed blocks;
+    this does the same for glibc (``M_MMAP_MAX = 0``, ``M_TRIM_THRESHOLD = 1 GiB``). It changes the whole
+    process, which is why only the benchmark CLI and the speed lesson call it. Elsewhere (not glibc) it
+    does nothing and returns False.
+    """
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
 BYTES_PER_PASS = {"forward": 2, "forward+backward": 5}  # tensors of x's size moved, in the byte model
 
 
@@ -118,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(quick=args.quick, device=args.device, out=args.out)
-    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s")
+    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s, "
+          f"allocator: {report['allocator']}")
     for r in report["results"]:
         print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{str(r['shape']):<22}"
               f"{r['median_ms']:>9.3f} ms {r['GBps']:>8.1f} GB/s {100 * r['fraction_of_copy']:>5.0f}% of copy")

@@ -1,8 +1,11 @@
 """The benchmark suite behind ``python -m normlib.bench``: every norm, every implementation, one JSON file.
 
-Implementations: ``torch`` (torch's native kernels), ``normlib`` (normlib.functional, eager),
-``normlib-compiled`` (the same under ``torch.compile(fullgraph=True)``; compile time excluded) and, on a GPU,
-``normlib-triton`` (normlib.kernels). Each is checked against torch before it is timed.
+Implementations: ``torch`` (torch's native kernels), ``normlib`` (normlib.functional, eager, backward by
+autograd), ``normlib-compiled`` (normlib.manual, the hand-derived backward, under
+``torch.compile(fullgraph=True)``; compile time excluded; dropout has no hand-written backward and compiles
+normlib.functional's) and, on a GPU, ``normlib-triton`` (normlib.kernels). Each is checked against torch
+before it is timed. Forward+backward is one call of ``torch.autograd.grad`` for the input and the
+parameters (no gradient accumulation into ``.grad``, which would add traffic of its own).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 import torch.nn.functional as TF
 
 from normlib import functional as NF
-from normlib.bench import benchmark, copy_bandwidth, default_device, device_name, model_bytes
+from normlib import manual as NM
+from normlib.bench import benchmark, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
 
 
 def _cases(quick: bool, device: torch.device):
@@ -56,6 +60,7 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
     from tqdm import tqdm
 
     device = torch.device(device) if device else default_device()
+    held = hold_freed_memory() if device.type == "cpu" else False
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     impls = {"torch": TF, "normlib": NF}
     if device.type == "cuda":
@@ -76,7 +81,8 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         for impl, lib in variants.items():
             if impl == "normlib-compiled":
                 torch._dynamo.reset()
-                compiled = torch.compile(lambda x, p, op=op: _call(NF, op, x, p), fullgraph=True)
+                lib = NF if op == "dropout" else NM
+                compiled = torch.compile(lambda x, p, op=op, lib=lib: _call(lib, op, x, p), fullgraph=True)
 
                 def fn(x, p, compiled=compiled):
                     return compiled(x, p)
@@ -96,8 +102,10 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
                         with torch.no_grad():
                             fn(x, params)
                 else:
-                    def step(fn=fn, x=x, params=params, dy=dy):
-                        fn(x, params).backward(dy)
+                    leaves = [x] + {"dropout": [], "rms_norm": [params["w"]]}.get(op, [params["w"], params["b"]])
+
+                    def step(fn=fn, x=x, params=params, dy=dy, leaves=leaves):
+                        torch.autograd.grad(fn(x, params), leaves, dy)
                 step()  # warm-up, and compilation for the compiled variant
                 timing = benchmark(step, device)
                 gbps = model_bytes(x.numel(), x.element_size(), mode) / timing.median_s / 1e9
@@ -116,7 +124,10 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "quick": quick,
         "byte_model": "forward: read x + write y; forward+backward: + read x, dy, write dx (5 x numel x bytes)",
-        "copy_bandwidth_GBps": bandwidth, "results": results,
+        "copy_bandwidth_GBps": bandwidth,
+        "compiled": "torch.compile(fullgraph=True) of normlib.manual (normlib.functional for dropout)",
+        "allocator": "glibc with freed memory held (normlib.bench.hold_freed_memory)" if held else "default",
+        "results": results,
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
 """normlib.bench: the byte model, the timer, and the suite's JSON (on one tiny case)."""
 
 import json
+import platform
+import subprocess
+import sys
 
 import torch
 
@@ -24,10 +27,12 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
                                                                      ("group_norm", (4, 32, 4, 4))])
     monkeypatch.setattr(bench, "copy_bandwidth", lambda device, nbytes=0: 10.0)
     monkeypatch.setattr(bench_suite, "copy_bandwidth", lambda device: 10.0)
+    monkeypatch.setattr(bench_suite, "hold_freed_memory", lambda: True)  # not in the test process
     out = tmp_path / "bench.json"
     report = bench_suite.run(quick=True, device="cpu", out=str(out), progress=False)
     assert json.loads(out.read_text()) == report
-    for key in ("device", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps"):
+    for key in ("device", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps", "compiled",
+                "allocator"):
         assert key in report
     impls = {r["impl"] for r in report["results"]}
     assert impls == {"torch", "normlib", "normlib-compiled"}
@@ -37,3 +42,11 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
         expected = bench.model_bytes(torch.Size(r["shape"]).numel(), 4, r["mode"]) / (r["median_ms"] / 1e3) / 1e9
         assert abs(r["GBps"] - expected) < 1e-6 * expected
         assert abs(r["fraction_of_copy"] - r["GBps"] / 10.0) < 1e-9
+
+
+def test_hold_freed_memory_applies_on_glibc():
+    """In a separate process: it changes the allocator of the whole process it runs in."""
+    out = subprocess.run([sys.executable, "-c", "from normlib.bench import hold_freed_memory as h; print(h())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert out == str(glibc)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn as tnn
 
+import normlib
 import normlib.nn as N
 
 NAMES = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
@@ -48,10 +49,19 @@ def _inputs(module_input, dtype, step):
             for a in module_input.forward_input.args]
 
 
+@pytest.mark.parametrize("backend", ["torch", "manual"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("info", MODULE_INFOS, ids=lambda i: i.module_cls.__name__)
-def test_matches_torch_on_pytorch_module_inputs(info, dtype):
-    """Several training steps then evaluation: outputs, input and parameter gradients, and buffers agree."""
+def test_matches_torch_on_pytorch_module_inputs(info, dtype, backend):
+    """Several training steps then evaluation: outputs, input and parameter gradients, and buffers agree.
+
+    With the default backend (normlib.functional, autograd) and the "manual" one (hand-derived backward).
+    """
+    with normlib.use_backend(backend):
+        _check_against_torch(info, dtype)
+
+
+def _check_against_torch(info, dtype):
     tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-10}
     module_inputs = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True, training=True)
     assert module_inputs
@@ -196,11 +206,21 @@ def test_deepcopy_and_eval_train_round_trip():
     assert clone.num_batches_tracked.item() == 1
 
 
-def test_modules_work_under_torch_compile():
+@pytest.mark.parametrize("backend", ["torch", "manual"])
+def test_modules_work_under_torch_compile(backend):
     torch._dynamo.reset()
-    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), N.BatchNorm2d(4), N.GroupNorm(2, 4))
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), N.BatchNorm2d(4), N.GroupNorm(2, 4), N.InstanceNorm2d(4),
+                                N.LayerNorm([4, 4]), N.RMSNorm(4))
     reference = copy.deepcopy(model)
-    compiled = torch.compile(model, fullgraph=True)
     x = torch.randn(4, 2, 6, 6)
-    torch.testing.assert_close(compiled(x), reference(x))
+    dy = torch.randn(4, 4, 4, 4)
+    with normlib.use_backend(backend):
+        compiled = torch.compile(model, fullgraph=True)
+        y = compiled(x)
+    y_ref = reference(x)
+    torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(model[1].running_mean, reference[1].running_mean)
+    grads = torch.autograd.grad(y, list(model.parameters()), dy)
+    grads_ref = torch.autograd.grad(y_ref, list(reference.parameters()), dy)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref)

@@ -112,7 +112,7 @@ class _BatchNorm(_NormBase):
         running_mean, running_var, factor = self._running_update()
         # Batch statistics in training, and in eval when there are no running statistics.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        return ops(input).batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+        return ops(input, "batch_norm")(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
                                      factor, self.eps)
 
 

@@ -43,7 +43,7 @@ class Dropout(_DropoutNd):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops(input).dropout(input, self.p, self.training, self.inplace, generator=self.generator)
+        return ops(input, "dropout")(input, self.p, self.training, self.inplace, generator=self.generator)
 
 
 class Dropout1d(_DropoutNd):

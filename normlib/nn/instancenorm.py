@@ -15,7 +15,7 @@ import warnings
 
 from torch import Tensor
 
-from normlib import functional as F
+from normlib.backend import ops
 from normlib.nn.batchnorm import _NormBase
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -74,7 +74,7 @@ class _InstanceNorm(_NormBase):
                 stacklevel=2,
             )
         x = input.unsqueeze(0) if unbatched else input
-        y = F.instance_norm(
+        y = ops(x, "instance_norm")(
             x,
             self.running_mean,
             self.running_var,

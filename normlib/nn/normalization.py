@@ -49,7 +49,7 @@ class LayerNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops(input).layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return ops(input, "layer_norm")(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -92,7 +92,7 @@ class GroupNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops(input).group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return ops(input, "group_norm")(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -128,7 +128,7 @@ class RMSNorm(nn.Module):
             init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops(x).rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return ops(x, "rms_norm")(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
