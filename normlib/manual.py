@@ -36,21 +36,7 @@ def _sum_over(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims, keepdim=True) if dims else t
 
 
-def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
-    """Sum ``t`` over the dims along which a tensor of ``shape`` was broadcast to it.
-
-    A long first dim is summed in blocks of rows first: the same sum, read from memory in an order that
-    compiles to a cache-friendly loop (a column sum over a long row-major matrix otherwise strides).
-    """
-    padded = (1,) * (t.dim() - len(shape)) + tuple(shape)
-    dims = tuple(d for d in range(t.dim()) if padded[d] == 1 and t.shape[d] != 1)
-    rows = t.shape[0]
-    if 0 in dims and rows >= 4 * _ROW_BLOCK and rows % _ROW_BLOCK == 0:
-        t = t.reshape(rows // _ROW_BLOCK, _ROW_BLOCK, *t.shape[1:]).sum(1)
-    return _sum_over(t, dims).reshape(shape)
-
-
-_ROW_BLOCK = 32
+_ROW_BLOCK = 32  # rows per block in the blocked column sums of _sum_to
 
 
 def _broadcast_dims(shape: torch.Size | None, ndim: int) -> set[int]:
@@ -59,6 +45,19 @@ def _broadcast_dims(shape: torch.Size | None, ndim: int) -> set[int]:
         return set(range(ndim))
     lead = ndim - len(shape)
     return set(range(lead)) | {i + lead for i, s in enumerate(shape) if s == 1}
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum ``t`` over the dims along which a tensor of ``shape`` was broadcast to it.
+
+    A long first dim is summed in blocks of rows first: the same sum, read from memory in an order that
+    compiles to a cache-friendly loop (a column sum over a long row-major matrix otherwise strides).
+    """
+    dims = tuple(d for d in sorted(_broadcast_dims(shape, t.dim())) if t.shape[d] != 1)
+    rows = t.shape[0]
+    if 0 in dims and rows >= 4 * _ROW_BLOCK and rows % _ROW_BLOCK == 0:
+        t = t.reshape(rows // _ROW_BLOCK, _ROW_BLOCK, *t.shape[1:]).sum(1)
+    return _sum_over(t, dims).reshape(shape)
 
 
 class _NormAffine(torch.autograd.Function):
