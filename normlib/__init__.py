@@ -5,15 +5,17 @@
 - :mod:`normlib.nn`: modules that are drop-ins for their ``torch.nn`` namesakes.
 - :mod:`normlib.manual`: the norms as autograd Functions with hand-derived backward passes.
 - :func:`fold_batchnorm`, :func:`fold_batchnorms`: merge inference-mode BatchNorms into the layer before.
-- :mod:`normlib.bench`: the timing helper every timing cell uses, and the benchmark suite.
 - :mod:`normlib.kernels`: Triton kernels; :func:`set_backend` (``"triton"``) routes normlib.nn through them.
+- :mod:`normlib.distributed`: local multi-process jobs on torch.distributed (SyncBatchNorm's tests use it).
+
+What only the book's lessons need (data, models, the training loop, figures, the evidence toolkit, timing
+and the benchmark suite) lives apart, in :mod:`normlib.lab`.
 """
 
 from normlib import functional, manual, nn, reference
 from normlib.backend import get_backend, set_backend, use_backend
 from normlib.fold import fold_batchnorm, fold_batchnorms
-from normlib.utils import cmp, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["functional", "manual", "nn", "reference", "fold_batchnorm", "fold_batchnorms", "cmp", "seed_everything",
-           "set_backend", "get_backend", "use_backend", "__version__"]
+__all__ = ["functional", "manual", "nn", "reference", "fold_batchnorm", "fold_batchnorms", "set_backend",
+           "get_backend", "use_backend", "__version__"]

@@ -46,10 +46,11 @@ import numpy as np
 import torch
 
 import normlib
+from normlib import lab
 from normlib import reference as R
-from normlib.viz import norm_set_mask, plot_norm_sets
+from normlib.lab.viz import norm_set_mask, plot_norm_sets
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The four sets, drawn
@@ -57,7 +58,7 @@ normlib.seed_everything(0)
 # The classic picture {cite}`wu2018group`: a block with the batch axis $N$, the channel axis $C$, and
 # the pixels $H, W$ flattened into one axis. The blue cubes are $S_i$ for the element in the front
 # corner, $i = (0, 0)$. The mask of each set is computed by evaluating the set definitions above
-# index by index (`normlib.viz.norm_set_mask`), so the figure is the formula, not a drawing of it.
+# index by index (`normlib.lab.viz.norm_set_mask`), so the figure is the formula, not a drawing of it.
 
 # %%
 fig = plot_norm_sets(n=6, c=6, hw=6, groups=3)
@@ -141,15 +142,15 @@ with torch.no_grad():
         ("GroupNorm(3, 6)", R.group_norm(x, 3, g6, b6), gn(xt)),
     ]
 for name, ours, theirs in checks:
-    print(normlib.cmp(name, ours, theirs, atol=1e-12))
+    print(lab.cmp(name, ours, theirs, atol=1e-12))
 
 # %% [markdown]
 # And GroupNorm's two extremes: with one group its set is the whole sample (LayerNorm over $(C, H, W)$),
 # with one channel per group it is one channel of one sample (InstanceNorm).
 
 # %%
-print(normlib.cmp("GroupNorm(G=1) vs LayerNorm", R.group_norm(x, 1), R.layer_norm(x, (6, 5, 5)), atol=1e-12))
-print(normlib.cmp("GroupNorm(G=C) vs InstanceNorm", R.group_norm(x, 6), R.instance_norm(x), atol=1e-12))
+print(lab.cmp("GroupNorm(G=1) vs LayerNorm", R.group_norm(x, 1), R.layer_norm(x, (6, 5, 5)), atol=1e-12))
+print(lab.cmp("GroupNorm(G=C) vs InstanceNorm", R.group_norm(x, 6), R.instance_norm(x), atol=1e-12))
 
 # %% [markdown]
 # ## What each layer learns

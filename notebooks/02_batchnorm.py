@@ -36,9 +36,10 @@ import torch
 
 import normlib
 from normlib import functional as NF
+from normlib import lab
 from normlib import reference as R
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The four steps in NumPy
@@ -58,7 +59,7 @@ print("mu_B      ", np.round(mu_B.ravel(), 3))
 print("sigma_B^2 ", np.round(var_B.ravel(), 4))
 print("x_hat mean", np.round(x_hat.mean(0), 6) + 0.0, " var", np.round(x_hat.var(0), 4))
 print("y mean    ", np.round(y.mean(0), 6) + 0.0, " std", np.round(y.std(0), 4), " (beta and gamma)")
-print(normlib.cmp("steps vs reference.batch_norm", y, R.batch_norm(x, gamma, beta, eps), atol=1e-12))
+print(lab.cmp("steps vs reference.batch_norm", y, R.batch_norm(x, gamma, beta, eps), atol=1e-12))
 
 # %% [markdown]
 # Note that $\sigma_B^2$ is the *biased* variance (divide by $m$), like `np.var` and
@@ -80,8 +81,8 @@ xt = torch.from_numpy(x)
 g, b = torch.from_numpy(gamma), torch.from_numpy(beta)
 ours = NF.batch_norm(xt, None, None, g, b, training=True, eps=eps)
 theirs = torch.nn.functional.batch_norm(xt, None, None, g, b, training=True, eps=eps)
-print(normlib.cmp("normlib vs numpy", ours, y, atol=1e-12))
-print(normlib.cmp("normlib vs torch", ours, theirs, atol=1e-12))
+print(lab.cmp("normlib vs numpy", ours, y, atol=1e-12))
+print(lab.cmp("normlib vs torch", ours, theirs, atol=1e-12))
 
 # %% [markdown]
 # ## 1d, 2d and 3d input
@@ -99,7 +100,7 @@ for name, cases in shapes.items():
         axes = R.batch_norm_axes(len(shape))
         m = int(np.prod([shape[a] for a in axes]))
         print(f"{name} {str(shape):<18} axes {str(axes):<14} m = {m:<5}",
-              normlib.cmp("", ours(xs), theirs(xs), atol=1e-5).strip())
+              lab.cmp("", ours(xs), theirs(xs), atol=1e-5).strip())
 
 # %% [markdown]
 # The wrong rank is an error at the boundary, with the same exception type as torch:
@@ -149,11 +150,11 @@ for step in range(1, 6):
     n = 4 * 5 * 5
     expected_mean = (1 - m) * expected_mean + m * mu.ravel()
     expected_var = (1 - m) * expected_var + m * var.ravel() * n / (n - 1)
-    print(f"step {step}: output {normlib.cmp('', y_ours, y_theirs, atol=1e-5).strip():<26}"
-          f" running_mean {normlib.cmp('', ours.running_mean, theirs.running_mean, atol=1e-6).strip():<26}"
-          f" running_var {normlib.cmp('', ours.running_var, theirs.running_var, atol=1e-6).strip()}")
-print(normlib.cmp("running_mean vs formula", ours.running_mean, expected_mean, atol=1e-6))
-print(normlib.cmp("running_var vs formula", ours.running_var, expected_var, atol=1e-6))
+    print(f"step {step}: output {lab.cmp('', y_ours, y_theirs, atol=1e-5).strip():<26}"
+          f" running_mean {lab.cmp('', ours.running_mean, theirs.running_mean, atol=1e-6).strip():<26}"
+          f" running_var {lab.cmp('', ours.running_var, theirs.running_var, atol=1e-6).strip()}")
+print(lab.cmp("running_mean vs formula", ours.running_mean, expected_mean, atol=1e-6))
+print(lab.cmp("running_var vs formula", ours.running_var, expected_var, atol=1e-6))
 print("num_batches_tracked:", int(ours.num_batches_tracked), int(theirs.num_batches_tracked))
 
 # %% [markdown]
@@ -165,10 +166,10 @@ print("num_batches_tracked:", int(ours.num_batches_tracked), int(theirs.num_batc
 ours.eval()
 theirs.eval()
 xb = torch.randn(4, 3, 5, 5) * 2 + 3
-print(normlib.cmp("eval output vs torch", ours(xb), theirs(xb), atol=1e-5))
-print(normlib.cmp("eval: sample alone vs in batch", ours(xb[:1]), ours(xb)[:1], atol=1e-6))
+print(lab.cmp("eval output vs torch", ours(xb), theirs(xb), atol=1e-5))
+print(lab.cmp("eval: sample alone vs in batch", ours(xb[:1]), ours(xb)[:1], atol=1e-6))
 ours.train()
-print(normlib.cmp("train: sample 0 with other batch", ours(torch.cat([xb[:2], xb[:2] + 5]))[:1],
+print(lab.cmp("train: sample 0 with other batch", ours(torch.cat([xb[:2], xb[:2] + 5]))[:1],
                   ours(xb)[:1], atol=1e-6))
 
 # %% [markdown]
@@ -209,20 +210,20 @@ fig.tight_layout()
 # The source article's LeNet puts a BatchNorm after each convolution and after the first fully
 # connected layer, before the ReLU. We size it for scikit-learn's 8×8 digits (1,797 images, 10 classes;
 # 1,437 for training, 360 held out) and train it with SGD (momentum 0.9, batch 32) for 8 epochs, at
-# two learning rates. `normlib.models.LeNet` takes the norm layers as arguments; a layer followed by a
+# two learning rates. `normlib.lab.models.LeNet` takes the norm layers as arguments; a layer followed by a
 # norm has no bias of its own, since the norm's $\beta$ replaces it.
 
 # %%
-from normlib.data import digits
-from normlib.models import LeNet
-from normlib.train import fit
+from normlib.lab.data import digits
+from normlib.lab.models import LeNet
+from normlib.lab.train import fit
 
 data = digits()
 runs = {}
 for lr in (0.02, 0.1):
     for label, norms in (("no norm", {}), ("BatchNorm", {"conv_norm": normlib.nn.BatchNorm2d,
                                                          "fc_norm": normlib.nn.BatchNorm1d})):
-        normlib.seed_everything(0)
+        lab.seed_everything(0)
         model = LeNet(**norms)
         runs[(label, lr)] = fit(model, data, epochs=8, batch_size=32, lr=lr, desc=f"{label:>9}, lr={lr}")
 
@@ -261,7 +262,7 @@ for (label, lr), h in runs.items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from normlib.bench import benchmark, default_device, device_name
+from normlib.lab.timing import benchmark, default_device, device_name
 
 device = default_device()
 xb = torch.randn(32, 64, 32, 32, device=device, requires_grad=True)

@@ -26,10 +26,10 @@
 import matplotlib.pyplot as plt
 import torch
 
-import normlib
+from normlib import lab
 from normlib import nn as N
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## What `normalized_shape` means: images versus text
@@ -58,9 +58,9 @@ for name, x, shape in (("image (N, C, H, W)", images, (16, 5, 5)), ("text (B, T,
 # %%
 x = torch.randn(16, 32) * 2 + 1
 ln, bn = N.LayerNorm(32), N.BatchNorm1d(32)
-print(normlib.cmp("LayerNorm: alone vs in batch", ln(x[:1]), ln(x)[:1], atol=1e-6))
-print(normlib.cmp("LayerNorm: other batch-mates", ln(torch.cat([x[:1], x[1:] * 5]))[:1], ln(x)[:1], atol=1e-6))
-print(normlib.cmp("BatchNorm: other batch-mates", bn(torch.cat([x[:2], x[2:] * 5]))[:1], bn(x)[:1], atol=1e-6))
+print(lab.cmp("LayerNorm: alone vs in batch", ln(x[:1]), ln(x)[:1], atol=1e-6))
+print(lab.cmp("LayerNorm: other batch-mates", ln(torch.cat([x[:1], x[1:] * 5]))[:1], ln(x)[:1], atol=1e-6))
+print(lab.cmp("BatchNorm: other batch-mates", bn(torch.cat([x[:2], x[2:] * 5]))[:1], bn(x)[:1], atol=1e-6))
 
 # %% [markdown]
 # ## Where it is used
@@ -102,15 +102,15 @@ print("output shape:", tuple(out.shape), "| one sequence alone gives the same ou
 # than any seen in training has no statistics at all. Claims like this deserve an experiment.
 #
 # The task: read a sequence of 4 to 32 values from $\mathcal{N}(0, 1)$ and say whether their sum is positive
-# (`normlib.data.variable_length_sums`). The model: an Elman RNN, $h_t = \tanh(N(W x_t + U h_{t-1}))$, with
+# (`normlib.lab.data.variable_length_sums`). The model: an Elman RNN, $h_t = \tanh(N(W x_t + U h_{t-1}))$, with
 # $N$ = nothing, one LayerNorm shared by all steps, or one BatchNorm per time step over the sequences
-# still running (`normlib.models.NormRNN`). Trained on 1,200 sequences, tested on 400 of the same lengths
+# still running (`normlib.lab.models.NormRNN`). Trained on 1,200 sequences, tested on 400 of the same lengths
 # and on 400 **longer** ones (33 to 64 steps), three seeds each.
 
 # %%
-from normlib.data import variable_length_sums
-from normlib.models import NormRNN
-from normlib.train import accuracy, fit
+from normlib.lab.data import variable_length_sums
+from normlib.lab.models import NormRNN
+from normlib.lab.train import accuracy, fit
 
 train = variable_length_sums(1200, 4, 32, seed=0)
 test = variable_length_sums(400, 4, 32, seed=1)
@@ -119,7 +119,7 @@ labels = {None: "no norm", "layer": "LayerNorm", "batch": "BatchNorm per step"}
 results = {}
 for norm in labels:
     for seed in range(3):
-        normlib.seed_everything(seed)
+        lab.seed_everything(seed)
         model = NormRNN(32, norm=norm, max_len=32)
         h = fit(model, (*train, *test), epochs=8, batch_size=32, lr=0.005, seed=seed, desc=f"{labels[norm]}, seed {seed}")
         results[(norm, seed)] = (h["test_acc"][-1], accuracy(model, *longer))

@@ -28,11 +28,11 @@
 import matplotlib.pyplot as plt
 import torch
 
-import normlib
+from normlib import lab
 from normlib import nn as N
-from normlib.data import sample_photos
+from normlib.lab.data import sample_photos
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## On real photos
@@ -89,7 +89,7 @@ for ax, img, title in zip(axes, (content, style, restyled.clamp(0, 1)),
     ax.set_title(title, fontsize=9)
     ax.axis("off")
 fig.tight_layout()
-print(normlib.cmp("restyled channel means = style's", restyled.mean((2, 3)), style.mean((2, 3)), atol=1e-4))
+print(lab.cmp("restyled channel means = style's", restyled.mean((2, 3)), style.mean((2, 3)), atol=1e-4))
 
 # %% [markdown]
 # Only six numbers changed hands (three means, three standard deviations), yet the temple now has the
@@ -106,8 +106,8 @@ print(normlib.cmp("restyled channel means = style's", restyled.mean((2, 3)), sty
 ours, theirs = N.InstanceNorm2d(3), torch.nn.InstanceNorm2d(3)
 print(ours)
 print("learned parameters:", sum(p.numel() for p in ours.parameters()), "| buffers:", list(ours.state_dict()))
-print(normlib.cmp("unbatched (C, H, W) vs torch", ours(photos[0]), theirs(photos[0]), atol=1e-5))
-print(normlib.cmp("batched vs unbatched", ours(photos)[0], ours(photos[0]), atol=1e-6))
+print(lab.cmp("unbatched (C, H, W) vs torch", ours(photos[0]), theirs(photos[0]), atol=1e-5))
+print(lab.cmp("batched vs unbatched", ours(photos)[0], ours(photos[0]), atol=1e-6))
 tracked = N.InstanceNorm2d(3, affine=True, track_running_stats=True)
 tracked(photos)
 print("with track_running_stats, running_mean after one batch:", [round(v, 4) for v in tracked.running_mean.tolist()])

@@ -27,11 +27,11 @@
 import numpy as np
 import torch
 
-import normlib
+from normlib import lab
 from normlib import nn as N
 from normlib import reference as R
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The grouping, in NumPy
@@ -46,8 +46,8 @@ grouped = x.reshape(2, G, 6 // G, 4, 4)
 mu, var = R.moments(grouped, (2, 3, 4))
 print("statistics shape:", mu.shape, "-> one per (sample, group):", mu.size)
 y = ((grouped - mu) / np.sqrt(var + 1e-5)).reshape(x.shape)
-print(normlib.cmp("by hand vs reference.group_norm", y, R.group_norm(x, G), atol=1e-12))
-print(normlib.cmp("reference vs torch.nn.GroupNorm", R.group_norm(x, G),
+print(lab.cmp("by hand vs reference.group_norm", y, R.group_norm(x, G), atol=1e-12))
+print(lab.cmp("reference vs torch.nn.GroupNorm", R.group_norm(x, G),
                   torch.nn.GroupNorm(G, 6, affine=False).double()(torch.from_numpy(x)), atol=1e-12))
 
 # %% [markdown]
@@ -61,8 +61,8 @@ print(normlib.cmp("reference vs torch.nn.GroupNorm", R.group_norm(x, G),
 xt = torch.randn(4, 6, 5, 5) * 2 + 1
 gn1, ln = N.GroupNorm(1, 6), N.LayerNorm([6, 5, 5])
 gn6, inorm = N.GroupNorm(6, 6), N.InstanceNorm2d(6, affine=True)
-print(normlib.cmp("GroupNorm(1, C) vs LayerNorm(C,H,W)", gn1(xt), ln(xt), atol=1e-5))
-print(normlib.cmp("GroupNorm(C, C) vs InstanceNorm", gn6(xt), inorm(xt), atol=1e-5))
+print(lab.cmp("GroupNorm(1, C) vs LayerNorm(C,H,W)", gn1(xt), ln(xt), atol=1e-5))
+print(lab.cmp("GroupNorm(C, C) vs InstanceNorm", gn6(xt), inorm(xt), atol=1e-5))
 for name, layer in (("GroupNorm(1, 6)", gn1), ("LayerNorm([6, 5, 5])", ln), ("GroupNorm(6, 6)", gn6),
                     ("InstanceNorm2d(6, affine)", inorm)):
     shapes = [tuple(p.shape) for p in layer.parameters()]

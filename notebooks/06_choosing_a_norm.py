@@ -21,13 +21,13 @@ import copy
 
 import matplotlib.pyplot as plt
 
-import normlib
+from normlib import lab
 from normlib import nn as N
-from normlib.data import digits
-from normlib.models import LeNet
-from normlib.train import accuracy, fit
+from normlib.lab.data import digits
+from normlib.lab.models import LeNet
+from normlib.lab.train import accuracy, fit
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 data = digits()
 
 # %% [markdown]
@@ -54,7 +54,7 @@ acc, bn_train_mode = {}, {}
 for norm, factory in NORMS.items():
     for batch_size in BATCH_SIZES:
         for seed in SEEDS:
-            normlib.seed_everything(seed)
+            lab.seed_everything(seed)
             model = LeNet(conv_norm=factory)
             history = fit(model, data, epochs=3, batch_size=batch_size, lr=0.02 * (batch_size / 32) ** 0.5,
                           seed=seed, progress=False)

@@ -38,10 +38,10 @@
 import matplotlib.pyplot as plt
 import torch
 
-import normlib
+from normlib import lab
 from normlib import nn as N
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The layer
@@ -57,9 +57,9 @@ x2 = x.detach().clone().requires_grad_()
 y, y2 = brn(x), bn(x2)
 y.sum().backward()
 y2.sum().backward()
-print(normlib.cmp("output", y, y2, atol=1e-5))
-print(normlib.cmp("input gradient", x.grad, x2.grad, atol=1e-5))
-print(normlib.cmp("running_var", brn.running_var, bn.running_var, atol=1e-6))
+print(lab.cmp("output", y, y2, atol=1e-5))
+print(lab.cmp("input gradient", x.grad, x2.grad, atol=1e-5))
+print(lab.cmp("running_var", brn.running_var, bn.running_var, atol=1e-6))
 print(brn)
 
 # %% [markdown]
@@ -107,16 +107,16 @@ fig.tight_layout()
 # $d_{max}$ reaches 5 after two. Test accuracy is measured in eval mode, with the running statistics.
 
 # %%
-from normlib.data import class_pair_batches, digits
-from normlib.models import LeNet
-from normlib.train import fit
+from normlib.lab.data import class_pair_batches, digits
+from normlib.lab.models import LeNet
+from normlib.lab.train import fit
 
 data = digits()
 NORMS = {"BatchNorm": N.BatchNorm2d, "BatchRenorm": N.BatchRenorm2d, "GroupNorm": lambda c: N.GroupNorm(2, c)}
 
 
 def train(norm, epochs, steps_per_epoch, desc, **kwargs):
-    normlib.seed_everything(0)
+    lab.seed_everything(0)
     model = LeNet(conv_norm=NORMS[norm])
 
     def schedule(step):

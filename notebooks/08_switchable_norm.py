@@ -39,10 +39,10 @@
 import matplotlib.pyplot as plt
 import torch
 
-import normlib
+from normlib import lab
 from normlib import nn as N
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## One-hot importance is IN, LN or BN exactly
@@ -70,7 +70,7 @@ reference = {
     "BN": torch.nn.functional.batch_norm(x, None, None, training=True),
 }
 for k, name in enumerate(("IN", "LN", "BN")):
-    print(normlib.cmp(f"one-hot {name} vs torch {name}", one_hot(k)(x), reference[name], atol=1e-10))
+    print(lab.cmp(f"one-hot {name} vs torch {name}", one_hot(k)(x), reference[name], atol=1e-10))
 
 # %% [markdown]
 # ## What does a network choose?
@@ -81,16 +81,16 @@ for k, name in enumerate(("IN", "LN", "BN")):
 # everything else.
 
 # %%
-from normlib.data import digits
-from normlib.models import LeNet
-from normlib.train import fit
+from normlib.lab.data import digits
+from normlib.lab.models import LeNet
+from normlib.lab.train import fit
 
 data = digits()
 NORMS = {"BatchNorm": N.BatchNorm2d, "GroupNorm": lambda c: N.GroupNorm(2, c), "SwitchableNorm": N.SwitchableNorm2d}
 results, models = {}, {}
 for batch_size, epochs in ((2, 3), (32, 10)):
     for norm, factory in NORMS.items():
-        normlib.seed_everything(0)
+        lab.seed_everything(0)
         model = LeNet(conv_norm=factory)
         results[(norm, batch_size)] = fit(model, data, epochs=epochs, batch_size=batch_size,
                                           lr=0.01 * batch_size**0.5 / 2, desc=f"{norm} batch {batch_size}")

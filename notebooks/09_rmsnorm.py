@@ -28,8 +28,9 @@ import torch
 
 import normlib
 from normlib import functional as NF
+from normlib import lab
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## Checked against torch, and equal to LayerNorm on zero-mean input
@@ -40,12 +41,12 @@ normlib.seed_everything(0)
 # %%
 x = torch.randn(8, 64, dtype=torch.float64) * 3 + 2
 w = torch.randn(64, dtype=torch.float64)
-print(normlib.cmp("normlib.nn.RMSNorm vs torch", NF.rms_norm(x, [64], w), torch.nn.functional.rms_norm(x, [64], w),
+print(lab.cmp("normlib.nn.RMSNorm vs torch", NF.rms_norm(x, [64], w), torch.nn.functional.rms_norm(x, [64], w),
                   atol=1e-12))
 centred = x - x.mean(-1, keepdim=True)
-print(normlib.cmp("RMSNorm vs LayerNorm, centred x", NF.rms_norm(centred, [64], eps=1e-5),
+print(lab.cmp("RMSNorm vs LayerNorm, centred x", NF.rms_norm(centred, [64], eps=1e-5),
                   NF.layer_norm(centred, [64], eps=1e-5), atol=1e-12))
-print(normlib.cmp("RMSNorm vs LayerNorm, raw x", NF.rms_norm(x, [64], eps=1e-5), NF.layer_norm(x, [64], eps=1e-5),
+print(lab.cmp("RMSNorm vs LayerNorm, raw x", NF.rms_norm(x, [64], eps=1e-5), NF.layer_norm(x, [64], eps=1e-5),
                   atol=1e-12))
 
 # %% [markdown]
@@ -56,8 +57,8 @@ print(normlib.cmp("RMSNorm vs LayerNorm, raw x", NF.rms_norm(x, [64], eps=1e-5),
 
 # %%
 for name, f in (("LayerNorm", lambda t: NF.layer_norm(t, [64])), ("RMSNorm", lambda t: NF.rms_norm(t, [64]))):
-    print(f"{name:<9}  scaled x 5: {normlib.cmp('', f(5 * x), f(x), atol=1e-4).strip():<28}"
-          f" shifted by 3: {normlib.cmp('', f(x + 3), f(x), atol=1e-4).strip()}")
+    print(f"{name:<9}  scaled x 5: {lab.cmp('', f(5 * x), f(x), atol=1e-4).strip():<28}"
+          f" shifted by 3: {lab.cmp('', f(x + 3), f(x), atol=1e-4).strip()}")
 
 # %% [markdown]
 # In a Transformer the residual stream has no fixed mean to remove, and the layers after the norm have
@@ -72,7 +73,7 @@ for name, f in (("LayerNorm", lambda t: NF.layer_norm(t, [64])), ("RMSNorm", lam
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from normlib.bench import benchmark, default_device, device_name
+from normlib.lab.timing import benchmark, default_device, device_name
 
 device = default_device()
 xb = torch.randn(4096, 1024, device=device, requires_grad=True)

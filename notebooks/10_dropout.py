@@ -39,8 +39,9 @@ import torch
 
 import normlib
 from normlib import functional as NF
+from normlib import lab
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The mask and its expectation
@@ -83,7 +84,7 @@ for name in ("Dropout", "Dropout2d", "AlphaDropout"):
     ours = getattr(normlib.nn, name)(0.3)(xs)
     torch.manual_seed(1)
     theirs = getattr(torch.nn, name)(0.3)(xs)
-    print(normlib.cmp(name, ours, theirs, atol=0))
+    print(lab.cmp(name, ours, theirs, atol=0))
 
 # %% [markdown]
 # ## The gradient through a dropped unit
@@ -212,8 +213,8 @@ fig.tight_layout()
 # trained on $y = \sin(3x) + \varepsilon$ for $x \in [-1, 1]$:
 
 # %%
-from normlib.models import mlp
-from normlib.train import fit
+from normlib.lab.models import mlp
+from normlib.lab.train import fit
 
 g = torch.Generator().manual_seed(0)
 x_train = torch.rand(256, 1, generator=g) * 2 - 1
@@ -221,7 +222,7 @@ y_train = torch.sin(3 * x_train) + 0.1 * torch.randn(256, 1, generator=g)
 x_val = torch.rand(64, 1, generator=g) * 2 - 1
 y_val = torch.sin(3 * x_val) + 0.1 * torch.randn(64, 1, generator=g)
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 regressor = mlp([1, 128, 128, 1], dropout=0.1)
 history = fit(regressor, (x_train, y_train, x_val, y_val), epochs=150, batch_size=32, lr=0.02,
               loss_fn=torch.nn.MSELoss(), desc="regression")
@@ -261,13 +262,13 @@ fig.tight_layout()
 # 360-image test set held out), for 60 epochs, with $p \in \{0, 0.2, 0.5\}$ after each hidden layer.
 
 # %%
-from normlib.data import digits
+from normlib.lab.data import digits
 
 x_tr, y_tr, x_te, y_te = digits()
 small = (x_tr[:150], y_tr[:150], x_te, y_te)
 curves = {}
 for p in (0.0, 0.2, 0.5):
-    normlib.seed_everything(0)
+    lab.seed_everything(0)
     curves[p] = fit(mlp([64, 256, 256, 10], dropout=p), small, epochs=60, batch_size=16, lr=0.05, desc=f"p={p}")
 
 # %%
@@ -329,7 +330,7 @@ for p in (0.1, 0.3, 0.5):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from normlib.bench import benchmark, default_device, device_name
+from normlib.lab.timing import benchmark, default_device, device_name
 
 device = default_device()
 xb = torch.randn(4096, 1024, device=device, requires_grad=True)

@@ -23,12 +23,12 @@ import inspect
 import numpy as np
 import torch
 
-import normlib
 from normlib import functional as NF
+from normlib import lab
 from normlib import manual as M
 from normlib import reference as R
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The graph

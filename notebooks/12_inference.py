@@ -23,12 +23,13 @@ import matplotlib.pyplot as plt
 import torch
 
 import normlib
+from normlib import lab
 from normlib import nn as N
-from normlib.data import digits
-from normlib.models import LeNet
-from normlib.train import accuracy, fit, recalibrate_batchnorm
+from normlib.lab.data import digits
+from normlib.lab.models import LeNet
+from normlib.lab.train import accuracy, fit, recalibrate_batchnorm
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 data = digits()
 x_tr, y_tr, x_te, y_te = data
 
@@ -41,7 +42,7 @@ x_tr, y_tr, x_te, y_te = data
 # whole training set, and the test accuracy with each.
 
 # %%
-normlib.seed_everything(0)
+lab.seed_everything(0)
 model = LeNet(conv_norm=lambda c: N.BatchNorm2d(c, momentum=0.5), fc_norm=lambda c: N.BatchNorm1d(c, momentum=0.5))
 history = fit(model, data, epochs=6, batch_size=8, lr=0.02, desc="LeNet+BN, batch 8")
 model.eval()
@@ -60,7 +61,7 @@ print(f"test accuracy with the running statistics: {100 * accuracy(model, x_te, 
 # %% [markdown]
 # ## Recalibrating the statistics
 #
-# The weights are fine; only the statistics are noisy. `normlib.train.recalibrate_batchnorm` resets every
+# The weights are fine; only the statistics are noisy. `normlib.lab.train.recalibrate_batchnorm` resets every
 # BatchNorm's running statistics and recomputes them as exact averages over a pass through the training
 # data (no gradients, no weight change). Using batches of the training batch size keeps them the averages
 # of the *batch* statistics the network was trained with:
@@ -92,7 +93,7 @@ print(f"test accuracy after recalibration:         {100 * accuracy(recalibrated,
 folded = normlib.fold_batchnorms(model)
 print(folded.features)
 with torch.no_grad():
-    print(normlib.cmp("folded vs original logits", folded(x_te), model(x_te), atol=1e-4))
+    print(lab.cmp("folded vs original logits", folded(x_te), model(x_te), atol=1e-4))
 print(f"test accuracy, folded model: {100 * accuracy(folded, x_te, y_te):.1f}%")
 
 # %% [markdown]
@@ -101,7 +102,7 @@ print(f"test accuracy, folded model: {100 * accuracy(folded, x_te, y_te):.1f}%")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from normlib.bench import benchmark, default_device, device_name
+from normlib.lab.timing import benchmark, default_device, device_name
 
 device = default_device()
 batch = x_te[:256].to(device)
@@ -145,7 +146,7 @@ placement = {}
 for after in (False, True):
     accs = []
     for seed in range(3):
-        normlib.seed_everything(seed)
+        lab.seed_everything(seed)
         net = LeNet(conv_norm=N.BatchNorm2d, fc_norm=N.BatchNorm1d, norm_after_activation=after)
         h = fit(net, data, epochs=6, batch_size=32, lr=0.05, seed=seed,
                 desc=f"BN {'after' if after else 'before'} ReLU, seed {seed}")

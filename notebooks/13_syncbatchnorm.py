@@ -37,10 +37,10 @@
 # %%
 import matplotlib.pyplot as plt
 
-import normlib
-from normlib.distributed import check_sync_batchnorm, train_data_parallel
+from normlib import lab
+from normlib.lab.ddp import check_sync_batchnorm, train_data_parallel
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## Exactly BatchNorm on the global batch
@@ -58,7 +58,7 @@ for name, diff in check_sync_batchnorm([2, 1, 4]).items():
 # The LeNet of the earlier lessons, trained on the digits with `DistributedDataParallel` over two gloo
 # processes with 2 samples each (a global batch of 4), with three choices of norm after each
 # convolution: BatchNorm (each process normalizes over its own 2 samples), SyncBatchNorm (over all 4),
-# and GroupNorm (over each sample alone). `normlib.distributed.train_data_parallel` starts the
+# and GroupNorm (over each sample alone). `normlib.lab.ddp.train_data_parallel` starts the
 # processes, and converts the model with `SyncBatchNorm.convert_sync_batchnorm` for the second case.
 
 # %%

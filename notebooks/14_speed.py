@@ -16,7 +16,7 @@
 # for $\gamma, \beta$. Modern processors do hundreds of those in the time it takes to fetch one element
 # from memory, so a norm's speed is set by how many bytes it moves, not by how much it computes: it is
 # **memory-bound**. This lesson makes that precise with a byte model, measures the memory bandwidth of
-# the machine running it, and reads the benchmark results of `python -m normlib.bench` against both.
+# the machine running it, and reads the benchmark results of `python -m normlib.lab.bench` against both.
 
 # %%
 import json
@@ -26,10 +26,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import normlib
-import normlib.bench
-from normlib.bench import BYTES_PER_PASS, benchmark, copy_bandwidth, default_device, device_name, model_bytes
+import normlib.lab.timing
+from normlib import lab
+from normlib.lab.timing import BYTES_PER_PASS, benchmark, copy_bandwidth, default_device, device_name, model_bytes
 
-normlib.seed_everything(0)
+lab.seed_everything(0)
 
 # %% [markdown]
 # ## The byte model and the roofline
@@ -55,7 +56,7 @@ for mode, tensors in BYTES_PER_PASS.items():
 # ## The bandwidth of this machine
 #
 # The reference point is a plain copy (`dst.copy_(src)`, reading and writing 256 MiB each), measured by
-# `normlib.bench.copy_bandwidth` on whatever device runs this notebook (the GPU when there is one).
+# `normlib.lab.timing.copy_bandwidth` on whatever device runs this notebook (the GPU when there is one).
 # Timings vary from run to run, so this cell's output is not checked:
 
 # %%
@@ -68,13 +69,13 @@ print(f"{device_name(device)}: copy bandwidth {live_bandwidth:.1f} GB/s")
 # A live measurement of one case: LayerNorm forward and backward on `(4096, 4096)` float32, torch's
 # kernel against normlib's eager composition of tensor ops (`normlib.functional`, backward by autograd) and
 # `normlib.manual` (the hand-derived backward of lesson 11) under `torch.compile`. On the CPU we first ask
-# glibc to keep freed memory (`normlib.bench.hold_freed_memory`): otherwise every call that allocates a
+# glibc to keep freed memory (`normlib.lab.timing.hold_freed_memory`): otherwise every call that allocates a
 # tensor over 32 MiB pays for fresh pages from the operating system, and we would be timing page faults.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if device.type == "cpu":
-    normlib.bench.hold_freed_memory()
+    normlib.lab.timing.hold_freed_memory()
 x = torch.randn(4096, 4096, device=device, requires_grad=True)
 w, bias = torch.ones(4096, device=device, requires_grad=True), torch.zeros(4096, device=device, requires_grad=True)
 dy = torch.randn_like(x)
@@ -92,7 +93,7 @@ for name, fn in (("torch", torch.nn.functional.layer_norm), ("normlib", normlib.
 # %% [markdown]
 # ## Recorded results
 #
-# `python -m normlib.bench --out FILE` runs the whole suite (LayerNorm and RMSNorm at 4096 rows and
+# `python -m normlib.lab.bench --out FILE` runs the whole suite (LayerNorm and RMSNorm at 4096 rows and
 # 1,024 to 16,384 columns; BatchNorm, GroupNorm and InstanceNorm on three image-shaped tensors; dropout;
 # forward and forward+backward; every implementation checked against torch before it is timed) and
 # writes every figure with the device, versions and date. The files in `book/data/bench/` are committed;
@@ -181,7 +182,7 @@ for report in (r for r in reports if r["device_type"] == "cpu"):
 #   than any cache. The byte model is a floor for tensors that live in main memory.
 # - **The GPU** is where the Triton kernels (`normlib.kernels`) matter; the suite times them as
 #   `normlib-triton` when it runs on one. The recorded results listed above say which devices they
-#   come from: run `python -m normlib.bench --out book/data/bench/<device>.json` on a GPU to add its file.
+#   come from: run `python -m normlib.lab.bench --out book/data/bench/<device>.json` on a GPU to add its file.
 #
 # ## Exercises
 #
@@ -189,5 +190,5 @@ for report in (r for r in reports if r["device_type"] == "cpu"):
 #    measured time to that count divided by the copy bandwidth?
 # 2. Why does `instance_norm` compiled reach higher GB/s than `batch_norm` on the same tensor? (Hint: where
 #    are the elements of one set in memory?)
-# 3. Run `python -m normlib.bench --quick` with `--threads 1` and with all your cores. Which operations
+# 3. Run `python -m normlib.lab.bench --quick` with `--threads 1` and with all your cores. Which operations
 #    scale with threads, and why do memory-bound operations stop scaling early?

@@ -1,4 +1,4 @@
-"""normlib.bench: the byte model, the timer, and the suite's JSON (on one tiny case)."""
+"""normlib.lab.timing and normlib.lab.bench: the byte model, the timer, and the suite's JSON (on one tiny case)."""
 
 import json
 import platform
@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from normlib import bench, bench_suite
+from normlib.lab import bench as bench_suite
+from normlib.lab import timing as bench
 
 
 def test_byte_model():
@@ -46,7 +47,7 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
 
 def test_hold_freed_memory_applies_on_glibc():
     """In a separate process: it changes the allocator of the whole process it runs in."""
-    out = subprocess.run([sys.executable, "-c", "from normlib.bench import hold_freed_memory as h; print(h())"],
+    out = subprocess.run([sys.executable, "-c", "from normlib.lab.timing import hold_freed_memory as h; print(h())"],
                          capture_output=True, text=True, check=True).stdout.strip()
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out == str(glibc)

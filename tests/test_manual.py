@@ -173,7 +173,7 @@ def test_fold_batchnorms_in_a_model():
 
 
 def test_recalibrate_batchnorm_gives_the_batch_average_statistics():
-    from normlib.train import recalibrate_batchnorm
+    from normlib.lab.train import recalibrate_batchnorm
 
     model = tnn.Sequential(tnn.Linear(3, 4), normlib.nn.BatchNorm1d(4, momentum=0.3), tnn.ReLU(), tnn.BatchNorm1d(4))
     model.eval()
@@ -188,7 +188,7 @@ def test_recalibrate_batchnorm_gives_the_batch_average_statistics():
 
 
 def test_lenet_norm_placement():
-    from normlib.models import LeNet
+    from normlib.lab.models import LeNet
 
     before = LeNet(conv_norm=tnn.BatchNorm2d)
     after = LeNet(conv_norm=tnn.BatchNorm2d, norm_after_activation=True)

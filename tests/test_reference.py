@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from normlib import reference as R
-from normlib.viz import norm_set_mask
+from normlib.lab.viz import norm_set_mask
 
 
 def _x(*shape):

@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``python -m normlib.bench``: every norm, every implementation, one JSON file.
+"""The benchmark suite, ``python -m normlib.lab.bench``: every norm, every implementation, one JSON file.
 
 Implementations: ``torch`` (torch's native kernels), ``normlib`` (normlib.functional, eager, backward by
 autograd), ``normlib-compiled`` (normlib.manual, the hand-derived backward, under
@@ -20,7 +20,7 @@ import torch.nn.functional as TF
 
 from normlib import functional as NF
 from normlib import manual as NM
-from normlib.bench import benchmark, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
+from normlib.lab.timing import benchmark, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
 
 
 def _cases(quick: bool, device: torch.device):
@@ -53,6 +53,14 @@ def _call(lib, op: str, x: torch.Tensor, params: dict):
     if op == "dropout":
         return lib.dropout(x, 0.5, True)
     raise ValueError(op)
+
+
+RESULTS = Path(__file__).resolve().parent / "results"  # recorded runs, shipped with normlib.lab
+
+
+def recorded() -> dict[str, dict]:
+    """The committed benchmark results (``normlib/lab/results/*.json``), by file name without extension."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
 
 def run(quick: bool = False, device: str | None = None, out: str | None = None, progress: bool = True) -> dict:
@@ -126,10 +134,34 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         "byte_model": "forward: read x + write y; forward+backward: + read x, dy, write dx (5 x numel x bytes)",
         "copy_bandwidth_GBps": bandwidth,
         "compiled": "torch.compile(fullgraph=True) of normlib.manual (normlib.functional for dropout)",
-        "allocator": "glibc with freed memory held (normlib.bench.hold_freed_memory)" if held else "default",
+        "allocator": "glibc with freed memory held (normlib.lab.timing.hold_freed_memory)" if held else "default",
         "results": results,
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1))
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m normlib.lab.bench [--quick] [--device cuda] [--threads N] [--out FILE]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m normlib.lab.bench", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes (a few minutes on a laptop CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    parser.add_argument("--out", default=None, help="where to write the JSON (default: print a summary only)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(quick=args.quick, device=args.device, out=args.out)
+    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s, "
+          f"allocator: {report['allocator']}")
+    for r in report["results"]:
+        print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{str(r['shape']):<22}"
+              f"{r['median_ms']:>9.3f} ms {r['GBps']:>8.1f} GB/s {100 * r['fraction_of_copy']:>5.0f}% of copy")
+
+
+if __name__ == "__main__":
+    main()

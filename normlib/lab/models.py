@@ -11,7 +11,11 @@ NormFactory = Callable[[int], nn.Module]
 
 
 class LeNet(nn.Module):
-    """LeNet-5 sized for 8x8 digits: conv-norm-relu-pool twice, then fc-norm-relu, fc-relu, fc.
+    """LeNet-5 for small images: conv-norm-relu-pool twice, then fc-norm-relu, fc-relu, fc.
+
+    ``image_size`` is the input's height and width (8 for the digits, 28 for Fashion-MNIST); the 3x3
+    convolutions keep it and each pooling halves it, so the first fully connected layer sees
+    ``16 * (image_size // 4) ** 2`` values.
 
     ``conv_norm(C)`` builds the layer after each convolution (e.g. ``normlib.nn.BatchNorm2d``),
     ``fc_norm(F)`` the one after the first fully connected layer (e.g. ``normlib.nn.BatchNorm1d``);
@@ -22,7 +26,7 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1,
                  conv_norm: NormFactory | None = None, fc_norm: NormFactory | None = None,
-                 norm_after_activation: bool = False) -> None:
+                 norm_after_activation: bool = False, image_size: int = 8) -> None:
         super().__init__()
 
         def block(layer: Callable[[bool], nn.Module], width: int, norm: NormFactory | None) -> list[nn.Module]:
@@ -32,13 +36,13 @@ class LeNet(nn.Module):
 
         self.features = nn.Sequential(
             *block(lambda b: nn.Conv2d(in_channels, 6, 3, padding=1, bias=b), 6, conv_norm),
-            nn.MaxPool2d(2),  # 8x8 -> 4x4
+            nn.MaxPool2d(2),  # 8x8 -> 4x4 (28x28 -> 14x14)
             *block(lambda b: nn.Conv2d(6, 16, 3, padding=1, bias=b), 16, conv_norm),
-            nn.MaxPool2d(2),  # 4x4 -> 2x2
+            nn.MaxPool2d(2),  # 4x4 -> 2x2 (14x14 -> 7x7)
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            *block(lambda b: nn.Linear(16 * 2 * 2, 120, bias=b), 120, fc_norm),
+            *block(lambda b: nn.Linear(16 * (image_size // 4) ** 2, 120, bias=b), 120, fc_norm),
             nn.Linear(120, 84),
             nn.ReLU(),
             nn.Linear(84, num_classes),
@@ -72,7 +76,7 @@ class NormRNN(nn.Module):
     r"""An Elman RNN classifier with a norm on the pre-activation, :math:`h_t = \tanh(N(W x_t + U h_{t-1}))`.
 
     Input ``(B, T, 2)``: a value and a 1/0 flag marking real steps versus padding (as made by
-    :func:`normlib.data.variable_length_sums`); a sequence's state stops changing after its last step.
+    :func:`normlib.lab.data.variable_length_sums`); a sequence's state stops changing after its last step.
     ``norm`` is ``None``, ``"layer"`` (one ``LayerNorm(hidden)`` shared by all steps: statistics of each
     sample's own hidden vector) or ``"batch"`` (one ``BatchNorm1d(hidden)`` *per time step*, over the
     sequences still running at that step; steps beyond ``max_len`` reuse the last one, as they must for

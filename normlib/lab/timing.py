@@ -1,4 +1,4 @@
-"""The one timing helper every timing cell uses, and the benchmark suite (``python -m normlib.bench``).
+"""The one timing helper every timing cell uses (the suite, ``python -m normlib.lab.bench``, is built on it).
 
 On CUDA: CUDA events around each call, warm-up first, the L2 cache flushed between repetitions,
 median and interquartile range reported. On the CPU: ``torch.utils.benchmark.Timer`` with the
@@ -122,29 +122,3 @@ def copy_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 * 2**20
     dst = torch.empty_like(src)
     timing = benchmark(lambda: dst.copy_(src), device, min_run_time=1.0)
     return 2 * nbytes / timing.median_s / 1e9
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m normlib.bench [--quick] [--device cuda] [--threads N] [--out FILE]``."""
-    import argparse
-
-    from normlib.bench_suite import run
-
-    parser = argparse.ArgumentParser(prog="python -m normlib.bench", description=main.__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller shapes (a few minutes on a laptop CPU)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
-    parser.add_argument("--out", default=None, help="where to write the JSON (default: print a summary only)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = run(quick=args.quick, device=args.device, out=args.out)
-    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s, "
-          f"allocator: {report['allocator']}")
-    for r in report["results"]:
-        print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{str(r['shape']):<22}"
-              f"{r['median_ms']:>9.3f} ms {r['GBps']:>8.1f} GB/s {100 * r['fraction_of_copy']:>5.0f}% of copy")
-
-
-if __name__ == "__main__":
-    main()

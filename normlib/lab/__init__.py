@@ -1,0 +1,18 @@
+"""What the book's lessons share, kept apart from the drop-in library (:mod:`normlib`'s other modules).
+
+- :mod:`normlib.lab.data`: small data sets that ship offline (digits, Fashion-MNIST, generated tasks).
+- :mod:`normlib.lab.models`: the small models the lessons train, with the norm as an argument.
+- :mod:`normlib.lab.train`: the one training loop, accuracy, and BatchNorm recalibration.
+- :mod:`normlib.lab.evidence`: runs over seeds, mean and standard error, error bars, checked claims.
+- :mod:`normlib.lab.viz`: figures computed from the definitions they illustrate.
+- :mod:`normlib.lab.timing`: the timing helper every timing cell uses; :mod:`normlib.lab.bench`, the
+  benchmark suite (``python -m normlib.lab.bench``) and its recorded results.
+- :mod:`normlib.lab.ddp`: the SyncBatchNorm lesson's data-parallel experiments.
+
+Needs what the lessons need beyond normlib (matplotlib, scikit-learn, tqdm): ``pip install normlib[lab]``.
+"""
+
+from normlib.lab import evidence
+from normlib.lab.utils import cmp, seed_everything, setup
+
+__all__ = ["cmp", "evidence", "seed_everything", "setup"]
