@@ -10,6 +10,37 @@ from torch import Tensor, nn
 NormFactory = Callable[[int], nn.Module]
 
 
+class GhostNorm(nn.Module):
+    """A batch-dependent norm applied to each group of ``group_size`` consecutive samples on its own (ghost batches).
+
+    Hoffer et al. (2017) take BatchNorm's statistics over small "ghost" batches inside a larger optimizer
+    batch. That isolates one cause: the optimizer batch (and so the gradient noise and the number of steps)
+    stays fixed while the number of samples per statistic varies. In training, the input is split along the
+    batch dimension and ``norm`` runs on each piece (so running statistics are updated once per piece); in
+    eval mode, and when ``group_size`` covers the batch, ``norm`` sees the whole input. The wrapped layer is
+    ``.norm``, so its state_dict keys gain a ``norm.`` prefix.
+    """
+
+    def __init__(self, norm: nn.Module, group_size: int) -> None:
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
+        self.norm, self.group_size = norm, group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or x.shape[0] <= self.group_size:
+            return self.norm(x)
+        return torch.cat([self.norm(piece) for piece in x.split(self.group_size)])
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}"
+
+
+def ghost(factory: NormFactory, group_size: int) -> NormFactory:
+    """``factory`` with each layer it builds wrapped in :class:`GhostNorm` (statistics over ``group_size`` samples)."""
+    return lambda width: GhostNorm(factory(width), group_size)
+
+
 class LeNet(nn.Module):
     """LeNet-5 for small images: conv-norm-relu-pool twice, then fc-norm-relu, fc-relu, fc.
 

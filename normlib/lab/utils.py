@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int = 0, threads: int = 2) -> None:
+def seed_everything(seed: int = 0, threads: int = 1) -> None:
     """Seed Python's, NumPy's and torch's RNGs and fix torch's CPU thread count.
 
     A fixed thread count keeps CPU reductions in the same order from run to run on one machine. Across
@@ -21,7 +21,7 @@ def seed_everything(seed: int = 0, threads: int = 2) -> None:
     torch.set_num_threads(threads)
 
 
-def setup(seed: int = 0, threads: int = 2) -> None:
+def setup(seed: int = 0, threads: int = 1) -> None:
     """The first call of every lesson: seeds and threads (:func:`seed_everything`), deterministic algorithms
     where torch has a choice, and figures that are sharp (PNG at twice the pixels;
     nbval compares no PNG, while it would compare SVG text) with legible fonts."""
