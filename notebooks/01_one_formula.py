@@ -16,10 +16,12 @@
 # element $x_i$ of the input,
 #
 # $$
-# \mu_i = \frac{1}{m}\sum_{k \in S_i} x_k, \qquad
-# \sigma_i = \sqrt{\frac{1}{m}\sum_{k \in S_i} (x_k - \mu_i)^2 + \epsilon}, \qquad
-# \hat{x}_i = \frac{x_i - \mu_i}{\sigma_i}, \qquad
-# y_i = \gamma\, \hat{x}_i + \beta ,
+# \begin{aligned}
+# \mu_i &= \frac{1}{m}\sum_{k \in S_i} x_k, \\
+# \sigma_i &= \sqrt{\frac{1}{m}\sum_{k \in S_i} (x_k - \mu_i)^2 + \epsilon}, \\
+# \hat{x}_i &= \frac{x_i - \mu_i}{\sigma_i}, \\
+# y_i &= \gamma\, \hat{x}_i + \beta ,
+# \end{aligned}
 # $$
 #
 # where $S_i$ is the set of elements whose statistics $x_i$ shares and $m = |S_i|$. The four layers
@@ -50,7 +52,7 @@ from normlib import lab
 from normlib import reference as R
 from normlib.lab.viz import norm_set_mask, plot_norm_sets
 
-lab.seed_everything(0)
+lab.setup()
 
 # %% [markdown]
 # ## The four sets, drawn
@@ -60,7 +62,7 @@ lab.seed_everything(0)
 # corner, $i = (0, 0)$. The mask of each set is computed by evaluating the set definitions above
 # index by index (`normlib.lab.viz.norm_set_mask`), so the figure is the formula, not a drawing of it.
 
-# %%
+# %% mystnb={"figure": {"caption": "The set $S_i$ of each norm for the element $i = (0, 0)$, computed from the set definitions.", "name": "fig-01-sets"}, "image": {"alt": "Four 3-D blocks with axes N, C and H times W. BatchNorm shades one channel across the whole batch, LayerNorm one whole sample, InstanceNorm one channel of one sample, GroupNorm a group of channels of one sample."}}
 fig = plot_norm_sets(n=6, c=6, hw=6, groups=3)
 
 # %% [markdown]
@@ -99,8 +101,9 @@ x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 6, 5, 5))
 print("BatchNorm axes:   ", R.batch_norm_axes(x.ndim))
 print("LayerNorm axes:   ", R.layer_norm_axes(x.ndim, 3))
 print("InstanceNorm axes:", R.instance_norm_axes(x.ndim))
-for name, axes in [("batch", R.batch_norm_axes(x.ndim)), ("layer", R.layer_norm_axes(x.ndim, 3)),
-                   ("instance", R.instance_norm_axes(x.ndim))]:
+sets = {"batch": R.batch_norm_axes(x.ndim), "layer": R.layer_norm_axes(x.ndim, 3),
+        "instance": R.instance_norm_axes(x.ndim)}
+for name, axes in sets.items():
     mu, var = R.moments(x, axes)
     print(f"{name:>8}: one statistic per {mu.shape} -> {mu.size} means")
 mu, var = R.moments(x.reshape(4, 3, 2, 5, 5), (2, 3, 4))
@@ -113,7 +116,9 @@ print(f"   group: one statistic per {mu.shape} -> {mu.size} means (G = 3)")
 # %%
 x_hat = R.normalize(x, R.batch_norm_axes(x.ndim))
 mu, var = R.moments(x_hat, R.batch_norm_axes(x.ndim))
-print("BatchNorm output, per channel: mean", np.round(mu.ravel(), 6) + 0.0, " var", np.round(var.ravel(), 4))
+print("BatchNorm output, per channel:")
+print("  mean", np.round(mu.ravel(), 6) + 0.0)
+print("  var ", np.round(var.ravel(), 4))
 
 # %% [markdown]
 # ## Checked against torch.nn
@@ -124,15 +129,16 @@ print("BatchNorm output, per channel: mean", np.round(mu.ravel(), 6) + 0.0, " va
 
 # %%
 xt = torch.from_numpy(x)
-g6, b6 = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-g_ln, b_ln = torch.randn(6, 5, 5, dtype=torch.float64), torch.randn(6, 5, 5, dtype=torch.float64)
+g6, b6 = torch.randn(2, 6, dtype=torch.float64)
+g_ln, b_ln = torch.randn(2, 6, 5, 5, dtype=torch.float64)
 
 bn = torch.nn.BatchNorm2d(6).double()
 ln = torch.nn.LayerNorm([6, 5, 5]).double()
 inorm = torch.nn.InstanceNorm2d(6, affine=True).double()
 gn = torch.nn.GroupNorm(3, 6).double()
 with torch.no_grad():
-    for layer, (g, b) in [(bn, (g6, b6)), (ln, (g_ln, b_ln)), (inorm, (g6, b6)), (gn, (g6, b6))]:
+    affine = [(bn, g6, b6), (ln, g_ln, b_ln), (inorm, g6, b6), (gn, g6, b6)]
+    for layer, g, b in affine:
         layer.weight.copy_(g)
         layer.bias.copy_(b)
     checks = [
@@ -149,8 +155,10 @@ for name, ours, theirs in checks:
 # with one channel per group it is one channel of one sample (InstanceNorm).
 
 # %%
-print(lab.cmp("GroupNorm(G=1) vs LayerNorm", R.group_norm(x, 1), R.layer_norm(x, (6, 5, 5)), atol=1e-12))
-print(lab.cmp("GroupNorm(G=C) vs InstanceNorm", R.group_norm(x, 6), R.instance_norm(x), atol=1e-12))
+print(lab.cmp("GN(G=1) vs LayerNorm", R.group_norm(x, 1),
+              R.layer_norm(x, (6, 5, 5)), atol=1e-12))
+print(lab.cmp("GN(G=C) vs InstanceNorm", R.group_norm(x, 6),
+              R.instance_norm(x), atol=1e-12))
 
 # %% [markdown]
 # ## What each layer learns
@@ -176,20 +184,22 @@ layers = {  # name: (module, the set its statistics are taken over)
     "BatchNorm2d(64)": (torch.nn.BatchNorm2d(C), "batch"),
     "LayerNorm([64, 32, 32])": (torch.nn.LayerNorm([C, H, W]), "layer"),
     "InstanceNorm2d(64)": (torch.nn.InstanceNorm2d(C), "instance"),
-    "InstanceNorm2d(64, affine=True)": (torch.nn.InstanceNorm2d(C, affine=True), "instance"),
+    "InstanceNorm2d(64, affine)": (torch.nn.InstanceNorm2d(C, affine=True), "instance"),
     "GroupNorm(8, 64)": (torch.nn.GroupNorm(8, C), "group"),
 }
-print(f"{'layer':<33}{'learned':>9}  {'statistics at N=2':>18}  {'statistics at N=32':>19}")
+print(f"{'layer':<27}{'learned':>8}  {'stats N=2':>9}  {'stats N=32':>10}")
 for name, (layer, kind) in layers.items():
-    # Every set has the same size, so the number of distinct (mu, sigma) pairs is elements / |S_i|.
-    stats = [n * C // int(norm_set_mask(kind, n, C, 1, groups=8).sum()) for n in (2, 32)]
-    print(f"{name:<33}{learned(layer):>9,}  {stats[0]:>18,}  {stats[1]:>19,}")
+    # All sets have one size, so the number of (mu, sigma) pairs is elements / |S_i|.
+    stats = [n * C // int(norm_set_mask(kind, n, C, 1, groups=8).sum())
+             for n in (2, 32)]
+    print(f"{name:<27}{learned(layer):>8,}  {stats[0]:>9,}  {stats[1]:>10,}")
 
 
 # %% [markdown]
-# The "statistics" columns count the distinct $(\mu, \sigma)$ pairs computed in one forward pass: they
+# The "stats" columns count the distinct $(\mu, \sigma)$ pairs computed in one forward pass: they
 # do grow with the batch for LN, IN and GN (one per sample, or per sample and channel or group), and
-# this is probably where the seed's "B groups" came from. The learned parameters do not.
+# this is probably where the claim in one of the source articles that LayerNorm learns "B groups" of
+# parameters came from. The learned parameters do not grow.
 #
 # The same counts for normlib's own modules, which are drop-ins for these:
 
@@ -198,22 +208,25 @@ ours = {
     "BatchNorm2d(64)": normlib.nn.BatchNorm2d(C),
     "LayerNorm([64, 32, 32])": normlib.nn.LayerNorm([C, H, W]),
     "InstanceNorm2d(64)": normlib.nn.InstanceNorm2d(C),
-    "InstanceNorm2d(64, affine=True)": normlib.nn.InstanceNorm2d(C, affine=True),
+    "InstanceNorm2d(64, affine)": normlib.nn.InstanceNorm2d(C, affine=True),
     "GroupNorm(8, 64)": normlib.nn.GroupNorm(8, C),
 }
+print(f"{'normlib.nn layer':<27}{'learned':>8}  {'state_dict keys as torch.nn':>27}")
 for name, (layer, _) in layers.items():
     same = list(ours[name].state_dict()) == list(layer.state_dict())
-    print(f"{name:<33} learned {learned(ours[name]):>7,}   same state_dict keys as torch.nn: {same}")
+    print(f"{name:<27}{learned(ours[name]):>8,}  {'same' if same else 'DIFFERENT':>27}")
 
 # %% [markdown]
 # ## Summary
 #
-# | norm | normalizes over, for $(N, C, H, W)$ | $m = \lvert S_i \rvert$ | learned $\gamma, \beta$ | depends on the batch |
+# | norm | normalizes over | $m = \lvert S_i \rvert$ | learned $\gamma, \beta$ | uses the batch |
 # |---|---|---|---|---|
-# | BatchNorm | $N, H, W$ for each channel | $NHW$ | $2C$ | yes (and keeps running statistics for eval) |
-# | LayerNorm | $C, H, W$ (`normalized_shape`) for each sample | $CHW$ | $2 \times$ `normalized_shape` | no |
-# | InstanceNorm | $H, W$ for each sample and channel | $HW$ | $2C$ if `affine=True`, else 0 | no |
-# | GroupNorm | $C/G$ channels and $H, W$ for each sample | $(C/G)HW$ | $2C$ | no |
+# | BatchNorm | $N, H, W$, per channel | $NHW$ | $2C$ | yes |
+# | LayerNorm | $C, H, W$, per sample | $CHW$ | $2 \times$ `normalized_shape` | no |
+# | InstanceNorm | $H, W$, per sample and channel | $HW$ | $2C$ (`affine=True`) or 0 | no |
+# | GroupNorm | $C/G$ channels and $H, W$, per sample | $(C/G)HW$ | $2C$ | no |
+#
+# (for an input of shape $(N, C, H, W)$; BatchNorm also keeps running statistics for evaluation.)
 #
 # ## Exercises
 #
