@@ -45,19 +45,77 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_SCALAR_TYPE_NAMES = {torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
+                      torch.int64: "Long", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+                      torch.complex128: "ComplexDouble", torch.float16: "Half", torch.bfloat16: "BFloat16",
+                      torch.float32: "Float", torch.float64: "Double"}
+
+
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    """The name torch's C++ errors give a dtype (``torch.int64`` is ``'Long'``)."""
+    if dtype in _SCALAR_TYPE_NAMES:
+        return _SCALAR_TYPE_NAMES[dtype]
+    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+
+
+def _check_floating(input: Tensor, kernel: str) -> None:
+    """Norms are defined for floating-point input only; torch's kernels say so with a NotImplementedError."""
+    if not input.is_floating_point():
+        raise NotImplementedError(f'"{kernel}" not implemented for \'{_scalar_type_name(input.dtype)}\'')
+
+
+def _check_mixed(input: Tensor, *parameters: Tensor | None) -> None:
+    """torch's rule for an input whose dtype differs from its parameters' (weight, bias, running statistics).
+
+    The only mix allowed is float16 or bfloat16 input with float32 parameters (the output keeps the input's
+    dtype); anything else, float64 input into a float32 layer included, is a RuntimeError, with torch's
+    messages.
+    """
+    defined = [t for t in parameters if t is not None]
+    if not defined or all(t.dtype == input.dtype for t in defined):
+        return
+    if any(t.dtype != torch.float32 for t in defined):
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    if input.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+
+
+def _check_eps(eps: float, training: bool) -> None:
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def _default_rms_eps(dtype: torch.dtype) -> float:
+    """RMSNorm's ``eps=None``: the machine epsilon of the dtype the statistics are computed in.
+
+    That is float32's (``torch.finfo(torch.float32).eps``, about 1.19e-7) for float16, bfloat16 and float32
+    input and float64's for float64 input, as in torch; not the input dtype's own (bfloat16's is 0.0078).
+    """
+    return torch.finfo(_acc_dtype(dtype)).eps
+
+
 def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     r"""Mean and biased variance of ``x`` over ``dims`` (the set :math:`S_i`), dims kept.
 
     :math:`\mu = \frac{1}{m}\sum_{k \in S} x_k`,
     :math:`\sigma^2 = \frac{1}{m}\sum_{k \in S} (x_k - \mu)^2`,
-    computed in float32 (float64 for float64 input) in two passes.
-    This is the one place in normlib's torch code where moments are computed.
+    computed in float32 (float64 for float64 input) in two passes over the data shifted by its first
+    element :math:`K`: :math:`\mu = K + \overline{x - K}`. The shift costs nothing in accuracy and makes a
+    constant set exact (:math:`\mu = K`, :math:`\sigma^2 = 0`, so :math:`x - \mu = 0`), as torch's
+    LayerNorm is. This is the one place in normlib's torch code where moments are computed.
     """
     xf = x.to(_acc_dtype(x.dtype))
-    dims = tuple(dims)
-    mu = xf.mean(dim=dims, keepdim=True)
-    var = (xf - mu).square().mean(dim=dims, keepdim=True)
-    return mu, var
+    dims = tuple(d % xf.dim() for d in dims) if xf.dim() else tuple(dims)
+    if not dims or any(xf.shape[d] == 0 for d in dims):  # nothing to shift by: an empty set's moments are NaN
+        mu = xf.mean(dim=dims, keepdim=True)
+        return mu, (xf - mu).square().mean(dim=dims, keepdim=True)
+    shift = xf[tuple(slice(0, 1) if d in dims else slice(None) for d in range(xf.dim()))]
+    d = xf - shift
+    m = d.mean(dim=dims, keepdim=True)
+    var = (d - m).square().mean(dim=dims, keepdim=True)
+    return shift + m, var
 
 
 def _normalize(x: Tensor, mu: Tensor, var: Tensor, eps: float, weight, bias, affine_shape) -> Tensor:
@@ -92,6 +150,34 @@ def _running_stats(running_mean: Tensor, running_var: Tensor, like: Tensor) -> t
     return running_mean.to(acc).reshape(shape), running_var.to(acc).reshape(shape)
 
 
+def _per_channel_count(input: Tensor) -> int:
+    """How many values of ``(N, C, *)`` input each channel's batch statistics come from (0 without channels)."""
+    return input.numel() // input.shape[1] if input.shape[1] else 0
+
+
+def _check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None,
+                      bias: Tensor | None, training: bool, eps: float) -> int:
+    """torch.nn.functional.batch_norm's checks, in its order; return the number of channels."""
+    if training:
+        _verify_batch_size(input.shape)
+    _check_eps(eps, training)
+    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
+                                      bias=bias)
+    _check_floating(input, "batch_norm")
+    _check_mixed(input, weight, bias, running_mean, running_var)
+    return channels
+
+
+def _check_instance_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                         weight: Tensor | None, bias: Tensor | None, use_input_stats: bool) -> None:
+    """torch.nn.functional.instance_norm's checks (only the affine parameters take part in the dtype rule)."""
+    if use_input_stats:
+        _verify_spatial_size(input.shape)
+    _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    _check_floating(input, "batch_norm")
+    _check_mixed(input, weight, bias)
+
+
 def _verify_batch_size(size: Sequence[int]) -> None:
     """A batch statistic needs more than one value per channel."""
     if math.prod([size[0], *size[2:]]) == 1:
@@ -104,6 +190,24 @@ def _verify_spatial_size(size: Sequence[int]) -> None:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {size}")
 
 
+_VMAP_RUNNING_STATS = (
+    "Batch norm got a batched tensor as input while the running_mean or running_var, which will be updated in "
+    "place, were not batched.\nIf you are using a module and do not need eval mode, please set "
+    "`track_running_stats` to be False.If you are using a prebuilt module and do not need eval mode, please see "
+    "the functorch website for resources on how to patch your module to work with vmap"
+)
+
+
+def _is_batched(t: Tensor) -> bool:
+    """Whether ``t`` carries a ``torch.func.vmap`` batch dimension (at any level of functorch wrapping)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
+
+
 @torch.no_grad()
 def _update_running(running_mean: Tensor | None, running_var: Tensor | None, mu: Tensor, var: Tensor, n: int,
                     momentum: float) -> None:
@@ -114,6 +218,8 @@ def _update_running(running_mean: Tensor | None, running_var: Tensor | None, mu:
     """
     if running_mean is None or running_var is None or n < 1:
         return
+    if torch._C._are_functorch_transforms_active() and _is_batched(mu) and not _is_batched(running_mean):
+        raise RuntimeError(_VMAP_RUNNING_STATS)
     for running, value in ((running_mean, mu), (running_var, var * (n / (n - 1)))):
         running.mul_(1.0 - momentum).add_(value.reshape(-1).to(running.dtype), alpha=momentum)
 
@@ -138,12 +244,10 @@ def batch_norm(
     (``n`` values per channel). Evaluation uses :math:`\hat{\mu}, \hat{\sigma}^2` in place of the
     batch moments.
     """
-    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
-                                      bias=bias)
+    _check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
     if training:
-        _verify_batch_size(input.shape)
         mu, var = moments(input, [0, *range(2, input.dim())])
-        _update_running(running_mean, running_var, mu, var, input.numel() // channels, momentum)
+        _update_running(running_mean, running_var, mu, var, _per_channel_count(input), momentum)
     elif running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     else:
@@ -168,9 +272,9 @@ def instance_norm(
     per-instance mean and unbiased variance; with ``use_input_stats=False`` they replace the
     instance statistics.
     """
-    _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    _check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
+    input = input.contiguous()  # as torch's: a channels_last input gives a contiguous output
     if use_input_stats:
-        _verify_spatial_size(input.shape)
         mu, var = moments(input, range(2, input.dim()))
         # The running statistics follow the batch average of the per-instance statistics.
         n = math.prod(input.shape[2:]) if input.numel() else 0
@@ -194,16 +298,19 @@ def layer_norm(
     :math:`y = \gamma \odot (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\gamma, \beta`
     of shape ``normalized_shape`` (elementwise), the same in training and evaluation.
     """
-    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, bias)
+    normalized_shape = _check_layer_norm(input, normalized_shape, weight, bias)
+    input = input.contiguous()  # as torch's: a channels_last input gives a contiguous output
     k = len(normalized_shape)
     mu, var = moments(input, range(input.dim() - k, input.dim()))
     return _normalize(input, mu, var, eps, weight, bias, normalized_shape)
 
 
 def _check_group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> None:
+    """torch.nn.functional.group_norm's checks, in its order."""
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     n, channels = input.shape[0], input.shape[1]
+    _verify_batch_size([n * channels // num_groups, num_groups, *input.shape[2:]])
     if channels % num_groups != 0:
         raise RuntimeError(
             "Expected number of channels in input to be divisible by num_groups, but got input of shape "
@@ -215,7 +322,8 @@ def _check_group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bia
                 f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
                 f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
             )
-    _verify_batch_size([n * channels // num_groups, num_groups, *input.shape[2:]])
+    _check_mixed(input, weight, bias)
+    _check_floating(input, "GroupNormKernelImpl")
 
 
 def group_norm(
@@ -242,7 +350,8 @@ def group_norm(
     return _normalize(input, mu, var, eps, weight, bias, shape)
 
 
-def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias) -> tuple[int, ...]:
+def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias, star: str = "*, ") -> tuple[int, ...]:
+    """The trailing dims of ``input`` must be ``normalized_shape``; torch's messages (RMSNorm's says ``[*4]``)."""
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
@@ -250,7 +359,7 @@ def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias) -> tu
     if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
         raise RuntimeError(
             f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
-            f"[*, {', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
+            f"[{star}{', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
         )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != normalized_shape:
@@ -258,6 +367,21 @@ def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias) -> tu
                 f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                 f"{list(t.shape)} and normalized_shape = {list(normalized_shape)}"
             )
+    return normalized_shape
+
+
+def _check_layer_norm(input: Tensor, normalized_shape, weight: Tensor | None, bias: Tensor | None) -> tuple[int, ...]:
+    """torch.nn.functional.layer_norm's checks, in its order; return ``normalized_shape`` as a tuple."""
+    _check_mixed(input, weight, bias)
+    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, bias)
+    _check_floating(input, "LayerNormKernelImpl")
+    return normalized_shape
+
+
+def _check_rms_norm(input: Tensor, normalized_shape, weight: Tensor | None) -> tuple[int, ...]:
+    """torch.nn.functional.rms_norm's checks: any mix of floating dtypes is allowed, the output has the input's."""
+    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, None, star="*")
+    _check_floating(input, "rms_norm")
     return normalized_shape
 
 
@@ -270,12 +394,13 @@ def rms_norm(
     r"""RMS Normalization: :math:`y = x / \sqrt{\frac{1}{m}\sum_k x_k^2 + \epsilon} \odot \gamma`.
 
     LayerNorm without the mean: no centering, no bias. The mean square is taken over the trailing
-    ``normalized_shape`` dims in float32 (float64 for float64 input). ``eps=None`` means
-    ``torch.finfo(input.dtype).eps``, as in torch.
+    ``normalized_shape`` dims in float32 (float64 for float64 input). ``eps=None`` means the machine
+    epsilon of that computation dtype, as in torch: ``torch.finfo(torch.float32).eps`` for float16, bfloat16
+    and float32 input, ``torch.finfo(torch.float64).eps`` for float64 (see :func:`_default_rms_eps`).
     """
-    normalized_shape = _check_normalized_shape(input, normalized_shape, weight, None)
+    normalized_shape = _check_rms_norm(input, normalized_shape, weight)
     if eps is None:
-        eps = torch.finfo(input.dtype).eps
+        eps = _default_rms_eps(input.dtype)
     xf = input.to(_acc_dtype(input.dtype))
     mean_square = xf.square().mean(dim=tuple(range(input.dim() - len(normalized_shape), input.dim())), keepdim=True)
     y = xf * torch.rsqrt(mean_square + eps)
@@ -310,9 +435,7 @@ def batch_renorm(
     """
     if not training:
         return batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps)
-    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
-                                      bias=bias)
-    _verify_batch_size(input.shape)
+    _check_batch_norm(input, running_mean, running_var, weight, bias, True, eps)
     mu_b, var_b = moments(input, [0, *range(2, input.dim())])
     mu_run, var_run = _running_stats(running_mean, running_var, input)
     sigma_b, sigma_run = torch.sqrt(var_b + eps), torch.sqrt(var_run + eps)
@@ -321,7 +444,7 @@ def batch_renorm(
     # (x - mu_B) / sigma_B * r + d is a normalization with mean mu_B - d sigma_B / r and std sigma_B / r.
     sigma = sigma_b / r
     y = _normalize(input, mu_b - d * sigma, sigma.square(), 0.0, weight, bias, _channel_shape(input))
-    _update_running(running_mean, running_var, mu_b, var_b, input.numel() // channels, momentum)
+    _update_running(running_mean, running_var, mu_b, var_b, _per_channel_count(input), momentum)
     return y
 
 
@@ -348,8 +471,9 @@ def switchable_norm(
     BN running statistics are updated as in :func:`batch_norm`; in evaluation they replace the BN
     moments (batch moments are used if there are none).
     """
-    channels = _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight,
-                                      bias=bias)
+    _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    _check_floating(input, "switchable_norm")
+    _check_mixed(input, weight, bias, running_mean, running_var)
     _verify_spatial_size(input.shape)
     shape = _channel_shape(input)
     mu_in, var_in = moments(input, range(2, input.dim()))  # (N, C, 1, ...)
@@ -362,7 +486,7 @@ def switchable_norm(
         mu_bn = mu_in.mean(0, keepdim=True)
         var_bn = var_in.mean(0, keepdim=True) + (mu_in - mu_bn).square().mean(0, keepdim=True)
         if training:
-            _update_running(running_mean, running_var, mu_bn, var_bn, input.numel() // channels, momentum)
+            _update_running(running_mean, running_var, mu_bn, var_bn, _per_channel_count(input), momentum)
     else:
         mu_bn, var_bn = _running_stats(running_mean, running_var, input)
     w = torch.softmax(mean_weight.to(mu_in.dtype), 0)
@@ -404,6 +528,9 @@ def _dropout(input: Tensor, p: float, training: bool, inplace: bool, per_channel
     if p == 1.0:
         return input.mul_(0) if inplace else input * 0
     keep = _keep_mask(input, p, per_channel, generator)
+    if not input.is_floating_point():  # where torch's in-place scaling of its integer noise fails
+        raise RuntimeError(f"result type Float can't be cast to the desired output type "
+                           f"{_scalar_type_name(input.dtype)}")
     if not alpha:
         # Inverted dropout: y = x * r / (1 - p), r ~ Bernoulli(1 - p), so E[y] = x and eval is identity.
         scale = keep / (1.0 - p)
@@ -453,12 +580,15 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     if input.dim() not in (3, 4):
         warnings.warn(f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated and will "
                       "result in an error in a future release. To retain the behavior and silence this warning, "
-                      "please use dropout instead.", stacklevel=2)
+                      "please use dropout instead. Note that dropout2d exists to provide channel-wise dropout on "
+                      "inputs with 2 spatial dimensions, a channel dimension, and an optional batch dimension "
+                      "(i.e. 3D or 4D inputs).", stacklevel=2)
     if input.dim() == 3:
         warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
                       "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
-                      "To maintain the 1D channel-wise dropout behavior, please switch to using dropout1d "
-                      "instead.", stacklevel=2)
+                      "This behavior will change in a future release to interpret the input as one without a "
+                      "batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout behavior, "
+                      "please switch to using dropout1d instead.", stacklevel=2)
     return _dropout(input, p, training, inplace, per_channel=True, alpha=False, generator=generator)
 
 
@@ -472,7 +602,9 @@ def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: boo
     if input.dim() not in (4, 5):
         warnings.warn(f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated and will "
                       "result in an error in a future release. To retain the behavior and silence this warning, "
-                      "please use dropout instead.", stacklevel=2)
+                      "please use dropout instead. Note that dropout3d exists to provide channel-wise dropout on "
+                      "inputs with 3 spatial dimensions, a channel dimension, and an optional batch dimension "
+                      "(i.e. 4D or 5D inputs).", stacklevel=2)
     return _unbatched(input, batched_dim=5, fn=lambda x: _dropout(x, p, training, inplace, True, False, generator),
                       inplace=inplace)
 
