@@ -13,8 +13,11 @@ the chain rule through :math:`\mu` and :math:`\sigma^2` collapses to the compact
 (RMSNorm drops the middle term; with fixed running statistics only :math:`\rho\,\hat{g}` is left), and
 :math:`\partial L/\partial\gamma = \sum \partial L/\partial y \odot \hat{x}`,
 :math:`\partial L/\partial\beta = \sum \partial L/\partial y` over everything the parameter is shared by.
-The forward saves :math:`\hat{x}`, :math:`\rho` and :math:`\gamma`, nothing else. The functions have the
-signatures of their :mod:`normlib.functional` counterparts.
+The forward saves the input :math:`x`, the statistics (one or two numbers per set) and :math:`\gamma`, nothing
+else, and the backward forms :math:`\hat{x}` again from them, as torch's fused kernels do. The backward is
+itself differentiable (double backward, gradient penalties), and the Function works under
+:mod:`torch.func` (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``hessian``) and ``torch.compile``. The
+functions have the signatures of their :mod:`normlib.functional` counterparts, checks and errors included.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor
 
 from normlib import functional as F
-from normlib.functional import _acc_dtype, _channel_shape, _check_channel_vectors, _update_running
+from normlib.functional import _acc_dtype, _channel_shape, _update_running
 
 __all__ = ["batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm"]
 
@@ -61,41 +64,61 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 
 
 class _NormAffine(torch.autograd.Function):
-    """``y = gamma * x_hat + beta`` with ``x_hat`` normalized over ``dims``; the backward by hand.
+    r"""``y = gamma * x_hat + beta`` with ``x_hat`` normalized over ``dims``; the backward by hand.
 
     ``weight`` and ``bias`` come already shaped to broadcast against ``x``. ``mode`` is ``"center"``
     (mean and variance from x), ``"rms"`` (mean square from x, no centering) or ``"fixed"`` (the given
-    ``mu`` and ``var``, e.g. running statistics, which receive no gradient).
+    ``mu`` and ``var``, e.g. running statistics, which receive no gradient). Besides ``y`` it returns the
+    statistics it used, ``mu`` and ``var`` (non-differentiable; ``mu`` is empty for ``"rms"``, both are for
+    ``"fixed"``), so that BatchNorm can update its running estimates without computing them twice.
+
+    The backward saves ``x`` (and the statistics, one number per set) and forms :math:`\hat{x}` again from
+    them. When a graph of the gradient is being built (``create_graph=True``, a gradient penalty,
+    :mod:`torch.func`'s transforms) it also recomputes the statistics from ``x`` with differentiable ops:
+    the hand-derived formula, written in torch ops, is then itself differentiated correctly, which gives
+    double backward. ``generate_vmap_rule`` lets ``torch.func.vmap`` batch it, and :class:`_NormAffineFwAD`
+    adds the forward-mode derivative (``torch.func.jvp``, ``jacfwd``, ``hessian``).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[int, ...], eps: float,
-                mode: str, mu: Tensor | None = None, var: Tensor | None = None) -> Tensor:
+    def forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[int, ...], eps: float,
+                mode: str, mu: Tensor | None, var: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         xf = x.to(_acc_dtype(x.dtype))
-        if mode == "center":
-            mu, var = F.moments(xf, dims)
-        elif mode == "rms":
-            mu, var = None, xf.square().mean(dims, keepdim=True)
-        rstd = torch.rsqrt(var + eps)
-        x_hat = (xf - mu) * rstd if mu is not None else xf * rstd
-        y = x_hat
+        if mode != "fixed":
+            mu, var = _statistics(xf, dims, mode)
+        y = _x_hat(xf, mu, torch.rsqrt(var + eps))
         if weight is not None:
             y = y * weight
         if bias is not None:
             y = y + bias
-        ctx.save_for_backward(x_hat, rstd, weight)
-        ctx.dims, ctx.mode, ctx.has_bias, ctx.dtypes = dims, mode, bias is not None, (x.dtype,)
+        empty = xf.new_empty(0)
+        if mode == "fixed":
+            return y.to(x.dtype), empty, empty
+        return y.to(x.dtype), (mu if mu is not None else empty), var
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, dims, eps, mode, mu, var = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*_to_save(inputs, output))
+        ctx.dims, ctx.eps, ctx.mode = dims, eps, mode
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         # The dims that the statistics and the parameters are both shared over: the "cells" of the backward.
         shared = _broadcast_dims(weight.shape if weight is not None else ctx.bias_shape, x.dim())
         ctx.cell = tuple(d for d in dims if d in shared)
-        return y.to(x.dtype)
 
     @staticmethod
-    def backward(ctx, dy: Tensor):
-        x_hat, rstd, weight = ctx.saved_tensors
+    def backward(ctx, dy: Tensor, _dmu, _dvar):
+        x, weight, mu, var = ctx.saved_tensors
         dims, cell = ctx.dims, ctx.cell
+        xf = x.to(_acc_dtype(x.dtype))
+        if torch.is_grad_enabled() and ctx.mode != "fixed":
+            mu, var = _statistics(xf, dims, ctx.mode)  # differentiable functions of x, for the gradient's graph
+        rstd = torch.rsqrt(var + ctx.eps)
+        x_hat = _x_hat(xf, mu, rstd)
         dy = dy.to(x_hat.dtype)
         gamma = weight if weight is not None else 1.0
         g = dy * gamma  # g_hat = gamma * dL/dy
@@ -116,14 +139,96 @@ class _NormAffine(torch.autograd.Function):
                 dx = rstd / m * (m * g - x_hat * proj)
         dw = _sum_to(sum_dy_xhat, weight.shape).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] \
             else None
-        db = _sum_to(sum_dy, ctx.bias_shape).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[2] \
-            else None
-        return dx.to(ctx.dtypes[0]), dw, db, None, None, None, None, None
+        db = _sum_to(sum_dy, ctx.bias_shape).to(ctx.bias_dtype) if ctx.bias_shape is not None and \
+            ctx.needs_input_grad[2] else None
+        return dx.to(x.dtype) if ctx.needs_input_grad[0] else None, dw, db, None, None, None, None, None
+
+
+
+class _NormAffineFwAD(_NormAffine):
+    """:class:`_NormAffine` with a forward-mode derivative, used where one may be asked for.
+
+    Apart because ``torch.compile`` cannot trace a Function that defines ``jvp``, and because the references
+    ``save_for_forward`` keeps would outlive saved-tensor hooks (activation checkpointing, offloading).
+    """
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _NormAffine.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*_to_save(inputs, output))
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor | None, dw: Tensor | None, db: Tensor | None, *_):
+        r"""Forward mode: :math:`\dot{\hat{x}} = \rho(\dot{x} - \overline{\dot{x}}
+        - \hat{x}\,\overline{\hat{x}\dot{x}})` (RMSNorm without the mean term, fixed statistics
+        :math:`\rho\dot{x}`), then
+        :math:`\dot{y} = \gamma\dot{\hat{x}} + \dot{\gamma}\hat{x} + \dot{\beta}`."""
+        x, weight, mu, var = ctx.saved_tensors
+        dims = ctx.dims
+        xf = x.to(_acc_dtype(x.dtype))
+        rstd = torch.rsqrt(var + ctx.eps)
+        x_hat = _x_hat(xf, mu, rstd)
+        dy = torch.zeros_like(x_hat)
+        if dx is not None:
+            dxf = dx.to(x_hat.dtype)
+            if ctx.mode != "fixed":
+                if ctx.mode == "center":
+                    dxf = dxf - dxf.mean(dims, keepdim=True)
+                dxf = dxf - x_hat * (x_hat * dxf).mean(dims, keepdim=True)
+            dy = dy + rstd * dxf * (weight if weight is not None else 1.0)
+        if dw is not None:
+            dy = dy + dw * x_hat
+        if db is not None:
+            dy = dy + db
+        return dy.to(x.dtype), None, None
+
+
+def _statistics(xf: Tensor, dims: tuple[int, ...], mode: str) -> tuple[Tensor | None, Tensor]:
+    """``(mu, var)`` of ``xf`` over ``dims``; for ``"rms"`` ``(None, mean square)``."""
+    if mode == "rms":
+        return None, xf.square().mean(dims, keepdim=True)
+    return F.moments(xf, dims)
+
+
+def _x_hat(xf: Tensor, mu: Tensor | None, rstd: Tensor) -> Tensor:
+    return (xf - mu) * rstd if mu is not None else xf * rstd
+
+
+def _to_save(inputs: tuple, output: tuple) -> tuple:
+    """What the derivatives need: ``x``, ``weight`` and the statistics ``mu`` (None for RMS) and ``var``."""
+    x, weight, _, _, _, mode, mu, var = inputs
+    if mode != "fixed":
+        mu, var = (output[1] if mode == "center" else None), output[2]
+    return x, weight, mu, var
+
+
+def _norm_function() -> type[_NormAffine]:
+    """The Function to apply: with ``jvp`` where a forward-mode derivative may be asked for (a dual level, a
+    :mod:`torch.func` transform), never while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():
+        return _NormAffine
+    if torch.autograd.forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        return _NormAffineFwAD
+    return _NormAffine
+
+
+def _size_one(t: Tensor | None, d: int) -> bool:
+    """Whether ``t`` has size 1 along ``d``, as a Python bool.
+
+    Under ``torch.compile`` with dynamic shapes the comparison is symbolic (``C/G == 1``); the ``if`` makes it
+    a guard and a constant. Comparing tuples of such symbolic booleans instead fails in torch's symbolic
+    shapes ("BooleanAtom not allowed in this context") when a second shape recompiles the function.
+    """
+    if t is not None and t.shape[d] == 1:
+        return True
+    return False
 
 
 def _apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[int, ...], eps: float, mode: str,
-           mu: Tensor | None = None, var: Tensor | None = None) -> Tensor:
+           mu: Tensor | None = None, var: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`_NormAffine` on ``x`` with neighbouring dims of the statistics' set ``S`` merged into one.
+
+    Returns ``(y, mu, var)``: the statistics in the merged shape (see :class:`_NormAffine`).
 
     Two neighbours in ``S`` merge when the other tensors (parameters, given statistics) are broadcast along
     both or along neither. Merging, say, ``(N, C, H, W)`` into ``(N, C, H*W)`` gives the same result with
@@ -132,7 +237,7 @@ def _apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[in
     """
     others = [t.reshape((1,) * (x.dim() - t.dim()) + tuple(t.shape)) if t is not None else None
               for t in (weight, bias, mu, var)]
-    roles = [(d in dims, *(t is not None and t.shape[d] == 1 for t in others)) for d in range(x.dim())]
+    roles = [(d in dims, *(_size_one(t, d) for t in others)) for d in range(x.dim())]
     groups: list[list[int]] = []
     for d in range(x.dim()):
         if groups and d in dims and roles[groups[-1][-1]] == roles[d]:
@@ -144,9 +249,9 @@ def _apply(x: Tensor, weight: Tensor | None, bias: Tensor | None, dims: tuple[in
         return t.reshape([math.prod([t.shape[d] for d in group]) for group in groups]) if t is not None else None
 
     new_dims = tuple(i for i, group in enumerate(groups) if group[0] in dims)
-    y = _NormAffine.apply(merged(x), *(merged(t) for t in others[:2]), new_dims, eps, mode,
-                          *(merged(t) for t in others[2:]))
-    return y.reshape(x.shape)
+    y, mu, var = _norm_function().apply(merged(x), *(merged(t) for t in others[:2]), new_dims, eps, mode,
+                                        *(merged(t) for t in others[2:]))
+    return y.reshape(x.shape), mu, var
 
 
 def _affine_views(weight, bias, shape):
@@ -158,60 +263,57 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
                eps: float = 1e-5) -> Tensor:
     """:func:`normlib.functional.batch_norm` with the hand-derived backward (running stats updated alike)."""
-    channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
-                                      bias=bias)
+    F._check_batch_norm(input, running_mean, running_var, weight, bias, training, eps)
     shape = _channel_shape(input)
     w, b = _affine_views(weight, bias, shape)
     dims = (0, *range(2, input.dim()))
     if training:
-        F._verify_batch_size(input.shape)
-        if running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                mu, var = F.moments(input, dims)
-            _update_running(running_mean, running_var, mu, var, input.numel() // channels, momentum)
-        return _apply(input, w, b, dims, eps, "center")
+        y, mu, var = _apply(input, w, b, dims, eps, "center")
+        _update_running(running_mean, running_var, mu, var, F._per_channel_count(input), momentum)
+        return y
     if running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     mu, var = F._running_stats(running_mean, running_var, input)
-    return _apply(input, w, b, dims, eps, "fixed", mu.detach(), var.detach())
+    return _apply(input, w, b, dims, eps, "fixed", mu.detach(), var.detach())[0]
 
 
 def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
                   weight: Tensor | None = None, bias: Tensor | None = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """:func:`normlib.functional.instance_norm` with the hand-derived backward."""
-    _check_channel_vectors(input, 3, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    F._check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats)
+    input = input.contiguous()  # as torch's: a channels_last input gives a contiguous output
     shape = _channel_shape(input)
     w, b = _affine_views(weight, bias, shape)
     dims = tuple(range(2, input.dim()))
     if use_input_stats:
-        F._verify_spatial_size(input.shape)
-        if running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                mu, var = F.moments(input, dims)
-            _update_running(running_mean, running_var, mu.mean(0), var.mean(0), math.prod(input.shape[2:]), momentum)
-        return _apply(input, w, b, dims, eps, "center")
+        y, mu, var = _apply(input, w, b, dims, eps, "center")
+        # The running statistics follow the batch average of the per-instance statistics.
+        n = math.prod(input.shape[2:]) if input.numel() else 0
+        _update_running(running_mean, running_var, mu.mean(0), var.mean(0), n, momentum)
+        return y
     if running_mean is None or running_var is None:
         raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
     mu, var = F._running_stats(running_mean, running_var, input)
-    return _apply(input, w, b, dims, eps, "fixed", mu.detach(), var.detach())
+    return _apply(input, w, b, dims, eps, "fixed", mu.detach(), var.detach())[0]
 
 
 def layer_norm(input: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """:func:`normlib.functional.layer_norm` with the hand-derived backward."""
-    normalized_shape = F._check_normalized_shape(input, normalized_shape, weight, bias)
+    normalized_shape = F._check_layer_norm(input, normalized_shape, weight, bias)
+    input = input.contiguous()  # as torch's: a channels_last input gives a contiguous output
     dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
-    return _apply(input, weight, bias, dims, eps, "center")
+    return _apply(input, weight, bias, dims, eps, "center")[0]
 
 
 def rms_norm(input: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
     """:func:`normlib.functional.rms_norm` with the hand-derived backward."""
-    normalized_shape = F._check_normalized_shape(input, normalized_shape, weight, None)
-    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    normalized_shape = F._check_rms_norm(input, normalized_shape, weight)
+    eps = F._default_rms_eps(input.dtype) if eps is None else eps
     dims = tuple(range(input.dim() - len(normalized_shape), input.dim()))
-    return _apply(input, weight, None, dims, eps, "rms")
+    return _apply(input, weight, None, dims, eps, "rms")[0]
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -225,5 +327,5 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bia
     grouped = input.reshape((n, num_groups, c // num_groups, *input.shape[2:]))
     shape = (1, num_groups, c // num_groups) + (1,) * (input.dim() - 2)
     w, b = _affine_views(weight, bias, shape)
-    y = _apply(grouped, w, b, tuple(range(2, grouped.dim())), eps, "center")
+    y = _apply(grouped, w, b, tuple(range(2, grouped.dim())), eps, "center")[0]
     return y.reshape(input.shape)
