@@ -97,11 +97,14 @@ class _NormBase(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
-        # Checkpoints from before num_batches_tracked existed (version < 2) load with a count of 0.
+        # A checkpoint from before num_batches_tracked existed (version < 2, or no version metadata) keeps
+        # the module's own count (0 for a fresh module), as torch does; a strict load does not miss the key.
         version = local_metadata.get("version", None)
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            count = self.num_batches_tracked
+            state_dict[key] = count if count is not None and count.device.type != "meta" else \
+                torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

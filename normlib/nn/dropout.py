@@ -67,17 +67,25 @@ class Dropout3d(_DropoutNd):
     _fn = staticmethod(F.dropout3d)
 
 
-class AlphaDropout(_DropoutNd):
+class _AlphaDropoutNd(_DropoutNd):
+    def forward(self, input: Tensor) -> Tensor:
+        # As torch's modules do, never in place: ``inplace`` is accepted (and shown in the repr) but not used,
+        # so the caller's input is left alone, leaves that require grad included.
+        return self._fn(input, self.p, self.training, generator=self.generator)
+
+
+class AlphaDropout(_AlphaDropoutNd):
     r"""Alpha dropout for SELU networks: dropped units set to :math:`\alpha'`, then :math:`y = a x' + b`.
 
     Keeps zero mean and unit variance of standard normal input; see
-    :func:`normlib.functional.alpha_dropout`.
+    :func:`normlib.functional.alpha_dropout`. Like ``torch.nn.AlphaDropout`` it never works in place
+    (``inplace`` is ignored); the functional form honours it.
     """
 
     _fn = staticmethod(F.alpha_dropout)
 
 
-class FeatureAlphaDropout(_DropoutNd):
-    r"""Alpha dropout of whole channels; see :class:`AlphaDropout`."""
+class FeatureAlphaDropout(_AlphaDropoutNd):
+    r"""Alpha dropout of whole channels; see :class:`AlphaDropout` (``inplace`` is ignored, as in torch)."""
 
     _fn = staticmethod(F.feature_alpha_dropout)

@@ -49,9 +49,15 @@ class _InstanceNorm(_NormBase):
         if local_metadata.get("version", None) is None and not self.track_running_stats:
             stale = [prefix + k for k in ("running_mean", "running_var") if prefix + k in state_dict]
             if stale:
+                klass = type(self).__name__
+                names = " and ".join(f'"{key}"' for key in stale)
                 error_msgs.append(
-                    f"Unexpected running stats buffer(s) {' and '.join(stale)} for "
-                    f"{type(self).__name__} with track_running_stats=False."
+                    f"Unexpected running stats buffer(s) {names} "
+                    f"for {klass} with track_running_stats=False. If state_dict is a checkpoint saved before "
+                    f"0.4.0, this may be expected because {klass} does not track running stats by default since "
+                    "0.4.0. Please remove these keys from state_dict. If the running stats are actually needed, "
+                    f"instead set track_running_stats=True in {klass} to enable them. See the documentation of "
+                    f"{klass} for details."
                 )
                 for key in stale:
                     state_dict.pop(key)

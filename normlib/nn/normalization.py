@@ -105,8 +105,9 @@ class RMSNorm(nn.Module):
     r"""Root Mean Square Normalization over the trailing ``normalized_shape`` dims.
 
     :math:`y = x / \sqrt{\frac{1}{m}\sum_k x_k^2 + \epsilon} \odot \gamma`: LayerNorm without the mean
-    subtraction and without a bias. ``eps=None`` means ``torch.finfo(x.dtype).eps``. A drop-in for
-    ``torch.nn.RMSNorm``.
+    subtraction and without a bias. ``eps=None`` means the machine epsilon of the dtype the statistics
+    are computed in, as in torch: ``torch.finfo(torch.float32).eps`` for float16, bfloat16 and float32 input,
+    ``torch.finfo(torch.float64).eps`` for float64. A drop-in for ``torch.nn.RMSNorm``.
     """
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,

@@ -20,10 +20,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from normlib import functional as F
+from normlib.backend import ops
 from normlib.functional import _acc_dtype, _channel_shape, _update_running
-from normlib.nn.batchnorm import _BatchNorm, _NormBase
+from normlib.nn.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
@@ -54,7 +56,9 @@ class _SyncBatchNormFn(torch.autograd.Function):
         if total.item() <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got {int(total.item())} "
                              "values per channel across all ranks")
-        mu = (counts * mus).sum(0) / total
+        # Shifted by the first rank with data, so that equal per-rank means (a constant channel) stay exact.
+        ref = mus[int(torch.nonzero(counts.reshape(-1))[0])]
+        mu = ref + (counts * (mus - ref)).sum(0) / total
         var = (m2s + counts * (mus - mu).square()).sum(0) / total
         _update_running(running_mean, running_var, mu, var, int(total.item()), momentum)
         shape = _channel_shape(x)
@@ -66,10 +70,12 @@ class _SyncBatchNormFn(torch.autograd.Function):
         if bias is not None:
             y = y + bias.reshape(shape)
         ctx.save_for_backward(x_hat, rstd, weight)
-        ctx.total, ctx.group, ctx.has_bias, ctx.dtype = total, group, bias is not None, x.dtype
+        ctx.total, ctx.group, ctx.dtype = total, group, x.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return y.to(x.dtype)
 
     @staticmethod
+    @once_differentiable  # the all-reduced sums are numbers, not a graph: a second derivative raises, never lies
     def backward(ctx, dy: Tensor):
         x_hat, rstd, weight = ctx.saved_tensors
         shape, dims = rstd.shape, (0, *range(2, x_hat.dim()))
@@ -81,18 +87,20 @@ class _SyncBatchNormFn(torch.autograd.Function):
         n = ctx.total
         dx = rstd / n * (n * g - sum_g.reshape(shape) - x_hat * sum_gx.reshape(shape))
         dw = (dy * x_hat).sum(dims).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = dy.sum(dims).to(weight.dtype if weight is not None else dy.dtype) \
-            if ctx.has_bias and ctx.needs_input_grad[2] else None
+        db = dy.sum(dims).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
         return dx.to(ctx.dtype), dw, db, None, None, None, None, None
 
 
-class SyncBatchNorm(_NormBase):
+class SyncBatchNorm(_BatchNorm):
     r"""BatchNorm over the global batch of a data-parallel job; a drop-in for ``torch.nn.SyncBatchNorm``.
 
     :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with :math:`\mu, \sigma^2` the moments of
     every rank's batch together (weighted by each rank's count). Accepts ``(N, C, *)`` input of any rank
     >= 2. Works on CPUs with gloo as well as on GPUs with NCCL. Weight and bias gradients stay local: the
-    data-parallel wrapper averages them like every other parameter's.
+    data-parallel wrapper averages them like every other parameter's. As in torch, it synchronises only in
+    training with batch statistics; in evaluation (running statistics, or batch statistics of the local
+    batch when ``track_running_stats=False``) each rank works alone. It is a BatchNorm (``isinstance``),
+    so :func:`normlib.fold_batchnorm` folds it.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -105,16 +113,24 @@ class SyncBatchNorm(_NormBase):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
+    def _check_non_zero_input_channels(self, input: Tensor) -> None:
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
         running_mean, running_var, factor = self._running_update()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        if not (use_batch_stats and _world_size(self.process_group) > 1):
-            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, use_batch_stats, factor,
-                                self.eps)
-        if input.shape[1] != self.num_features:
-            raise RuntimeError(f"running_mean should contain {input.shape[1]} elements not {self.num_features}")
-        group = self.process_group if self.process_group is not None else dist.group.WORLD
+        group = self.process_group if self.process_group else dist.group.WORLD if dist.is_available() else None
+        if not (use_batch_stats and self.training and _world_size(group) > 1):
+            return ops(input, "batch_norm")(input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+                                            factor, self.eps)
+        F._check_eps(self.eps, True)
+        F._check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=self.weight,
+                                 bias=self.bias)
+        F._check_floating(input, "batch_norm")
+        F._check_mixed(input, self.weight, self.bias, running_mean, running_var)
         return _SyncBatchNormFn.apply(input, self.weight, self.bias, running_mean, running_var, self.eps, factor,
                                       group)
 
