@@ -29,8 +29,9 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """A new layer of the same type as ``layer`` equal to ``bn(layer(x))`` with ``bn`` in eval mode.
 
     ``layer`` is a ``Linear`` or ``Conv1d/2d/3d`` (with or without a bias; the result always has one),
-    ``bn`` a ``BatchNorm`` (torch's or normlib's) over its output channels, in eval mode and with
-    running statistics. Neither argument is modified.
+    ``bn`` a ``BatchNorm`` (torch's or normlib's, ``SyncBatchNorm`` included) over its output channels, in eval
+    mode and with running statistics. Neither argument is modified. The folded parameters require grad as the
+    layer's did (a frozen layer folds into a frozen one).
     """
     if not isinstance(layer, FOLDABLE):
         raise TypeError(f"can fold into Linear or Conv1d/2d/3d, not {type(layer).__name__}")
@@ -58,8 +59,12 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
         if layer.bias is not None:
             shift = shift + layer.bias.to(acc) * scale
         weight = layer.weight.to(acc) * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
-        folded.weight = nn.Parameter(weight.to(layer.weight.dtype))
-        folded.bias = nn.Parameter(shift.to(layer.weight.dtype))
+        # Frozen stays frozen: each new parameter requires grad as the layer's own did (a bias the layer did not
+        # have follows its weight).
+        trainable = layer.weight.requires_grad
+        folded.weight = nn.Parameter(weight.to(layer.weight.dtype), requires_grad=trainable)
+        folded.bias = nn.Parameter(shift.to(layer.bias.dtype if layer.bias is not None else layer.weight.dtype),
+                                   requires_grad=layer.bias.requires_grad if layer.bias is not None else trainable)
     return folded
 
 
