@@ -97,11 +97,23 @@ def test_p_one_gives_zeros(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_inplace_modifies_the_input(name):
+def test_inplace_is_honoured_as_torch_honours_it(name):
+    """Dropout and Dropout1d/2d/3d write into their input; the alpha modules never do (torch ignores the flag)."""
     x = torch.randn(SHAPES[name])
+    before = x.clone()
     out = getattr(N, name)(0.5, inplace=True).train()(x)
-    assert out.data_ptr() == x.data_ptr()
-    assert torch.equal(out, x)
+    if name in ("AlphaDropout", "FeatureAlphaDropout"):
+        assert out.data_ptr() != x.data_ptr() and torch.equal(x, before)
+        leaf = torch.randn(SHAPES[name], requires_grad=True)  # torch's module works on a leaf; so must ours
+        getattr(N, name)(0.5, inplace=True).train()(leaf).sum().backward()
+        assert leaf.grad is not None
+    else:
+        assert out.data_ptr() == x.data_ptr()
+        assert torch.equal(out, x)
+    fn = {"AlphaDropout": F.alpha_dropout, "FeatureAlphaDropout": F.feature_alpha_dropout}.get(name)
+    if fn is not None:  # the functional form does honour inplace, as torch.nn.functional's does
+        y = torch.randn(SHAPES[name])
+        assert fn(y, 0.5, training=True, inplace=True).data_ptr() == y.data_ptr()
 
 
 @pytest.mark.parametrize("name", NAMES)
