@@ -1,38 +1,75 @@
-# One entry point. `make book` builds the site, `make test` runs every test; both create .venv first.
+# One entry point. `make book` builds the site (the light set: Jupyter Book and MathJax, no torch);
+# `make test` runs every test (the whole pinned stack). Both create $(VENV) first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+PIP_VERSION := 26.3
+BOOK_STAMP := $(VENV)/.installed-book
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 AXE_VERSION := 4.14.1
 AXE := $(VENV)/axe-core/axe.min.js
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# Debian packages the tests use: a browser (skipped when CHROME_BIN names one: GitHub's ubuntu-24.04 image
+# ships Google Chrome, and its apt chromium is only a stub for a snap) and Fashion-MNIST for the lessons.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: book test notebooks lint clean chromium
+.PHONY: book test notebooks lint clean system-packages chromium
 
-$(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $(STAMP)
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install pip==$(PIP_VERSION)
 
-## book: build the site into _build/html from the notebooks' stored outputs
-book: $(STAMP)
+$(BOOK_STAMP): requirements-book.txt | $(PY)
+	$(PIP) install -r requirements-book.txt
+	touch $@
+
+$(STAMP): requirements.txt requirements-book.txt pyproject.toml | $(PY)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps -e .
+	touch $@ $(BOOK_STAMP)
+
+## book: build the site into _build/html from the notebooks' stored outputs (light set: no torch)
+book: $(BOOK_STAMP)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-# The browser test needs Debian's Chromium (installed here when we are root, as in CI) and axe-core (npm).
+# The browser test needs a Chromium-family browser and axe-core (npm).
 $(AXE):
 	mkdir -p $(VENV)/axe-core
 	cd $(VENV)/axe-core && npm pack --silent axe-core@$(AXE_VERSION) >/dev/null && \
 		tar -xzf axe-core-$(AXE_VERSION).tgz --strip-components=1 package/axe.min.js
 
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+## system-packages: Debian's chromium and dataset-fashion-mnist, installed with apt when run as root
+system-packages:
+	@need=""; \
+	if [ -n "$$CHROME_BIN" ]; then \
+		[ -x "$$CHROME_BIN" ] || echo "*** CHROME_BIN=$$CHROME_BIN is not an executable: the browser tests will FAIL ***"; \
+	elif ! command -v chromium >/dev/null 2>&1; then need="$$need chromium"; fi; \
+	[ -d $(FASHION_MNIST) ] || need="$$need dataset-fashion-mnist"; \
+	if [ -n "$$need" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else echo "*** chromium is not installed and cannot be installed here: the browser tests will FAIL ***"; fi; }
+			echo "apt-get install$$need"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+		else \
+			echo "*** Debian packages missing:$$need, and they cannot be installed here (not root, or no apt-get)."; \
+			echo "*** Install them as root: apt-get install$$need   (or set CHROME_BIN to a Chrome or Chromium)."; \
+			echo "*** Without chromium the browser tests FAIL; without dataset-fashion-mnist the lessons that"; \
+			echo "*** train on Fashion-MNIST fall back to the digits and FAIL nbval."; \
+		fi; \
+	fi
 
-## test: unit tests, nbval over every lesson, pair sync, the book build with -W, and the site in a browser
-test: $(STAMP) $(AXE) chromium
-	$(PY) -m pytest -ra --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+chromium: system-packages
+
+## test: unit tests, nbval over every lesson (twice: as stored, then with ATEN_CPU_CAPABILITY=default, a
+## second floating-point configuration), pair sync, requirements resolution, the book build with -W, and
+## the site in a browser. Both passes always run; the target fails if either does.
+test: $(STAMP) $(AXE) system-packages
+	@status=0; \
+	echo "== pytest: tests/ and nbval over every notebook"; \
+	$(PY) -m pytest -ra $(NBVAL) || status=1; \
+	echo "== nbval again over every notebook, with ATEN_CPU_CAPABILITY=default"; \
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -ra -p no:cacheprovider $(NBVAL) notebooks || status=1; \
+	exit $$status
 
 ## notebooks: write each .py lesson into its .ipynb and execute it in place on the CPU
 notebooks: $(STAMP)

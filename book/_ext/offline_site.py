@@ -1,5 +1,5 @@
-"""Make the site work offline and load cleanly: local MathJax 3, no unused Thebe scripts, and list roles
-that assistive technology can follow in the bibliography.
+"""Make the site work offline and load cleanly: local MathJax 3, no unused Thebe scripts, list roles
+that assistive technology can follow in the bibliography, and folded cells named by their visible text.
 
 MathJax: served from the site itself, so pages render their math offline and load no external script.
 
@@ -62,8 +62,35 @@ def _bibliography_roles(app, pagename, templatename, context, doctree) -> None:
         context["body"] = body.replace('role="doc-biblioentry"', 'role="listitem"')
 
 
+def _toggle_names(app, pagename, templatename, context, doctree) -> None:
+    """myst-nb labels the summary of a folded cell (``hide-input``, ``hide-output``) "Toggle hidden content",
+    while it shows "Show code cell source": the accessible name must contain the visible text (axe-core:
+    label-content-name-mismatch, serious). Without the label the name is the visible text."""
+    body = context.get("body")
+    if body and '<summary aria-label="Toggle hidden content">' in body:
+        context["body"] = body.replace('<summary aria-label="Toggle hidden content">', "<summary>")
+
+
+def _refresh_static(app) -> None:
+    """Sphinx 7.4 does not overwrite a static file already in the output folder (nor copy any when no page
+    changed), so an edited stylesheet would not reach a rebuilt site: refresh the stale copies of the
+    book's own static files."""
+    out = Path(app.outdir) / "_static"
+    for folder in app.config.html_static_path:
+        source = Path(app.srcdir) / folder
+        if not source.is_dir() or "mathjax-static" in str(folder):
+            continue
+        for f in source.rglob("*"):
+            copy = out / f.relative_to(source)
+            if f.is_file() and (not copy.is_file() or copy.read_bytes() != f.read_bytes()):
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, copy)
+
+
 def setup(app):
     app.connect("builder-inited", _stage)
+    app.connect("builder-inited", _refresh_static)
+    app.connect("html-page-context", _toggle_names)
     app.connect("html-page-context", _drop_thebe, priority=900)
     app.connect("html-page-context", _bibliography_roles)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
