@@ -148,6 +148,39 @@ LAYOUT_JS = "\n".join(line for line in (Path(__file__).parent / "site_layout.js"
                       if not line.startswith("//"))
 
 
+PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+EQUATION = ('<mjx-container display="true" style="display:block;overflow-x:{}">'
+            '<span style="display:inline-block;width:{}px">{}</span></mjx-container>')
+SYNTHETIC = f"""<!doctype html><html><body style="margin:0"><main><article class="bd-article" style="width:600px">
+{EQUATION.format("hidden", 1000, "CUT EQUATION")}
+{EQUATION.format("auto", 1000, "WIDE EQUATION")}
+{EQUATION.format("auto", 300, "SHORT EQUATION")}
+<div class="highlight"><pre style="overflow-x:auto;width:580px">{{long_line}}</pre></div>
+<div class="highlight"><pre style="overflow:hidden;width:580px">{{long_line}}</pre></div>
+<img alt="a wide picture" style="width:2000px;height:10px" src="{PIXEL}">
+</article></main></body></html>"""
+
+
+def test_the_layout_check_tells_clipped_from_scrolling_blocks(browser):
+    """The checker itself, on a page built to fail it: a block cut by a box that hides overflow, a block that
+    scrolls inside its box, one that fits, and a picture that runs off the page."""
+    context = browser.new_context(viewport={"width": 700, "height": 600})
+    try:
+        page = context.new_page()
+        page.set_content(SYNTHETIC.format(long_line="x" * 200))
+        phone, desktop = page.evaluate(LAYOUT_JS, False), page.evaluate(LAYOUT_JS, True)
+    finally:
+        context.close()
+    clipped = [p for p in phone if "clipped" in p]
+    assert any("display equation clipped" in p and "CUT EQUATION" in p for p in clipped), phone
+    assert any("code block clipped" in p and "its box hides" in p for p in clipped), phone
+    assert any("figure clipped" in p and "off the page" in p for p in clipped), phone
+    assert not any("WIDE EQUATION" in p or "SHORT EQUATION" in p for p in clipped), "scrolling is not clipping"
+    assert any("display equation wider than the page" in p and "WIDE EQUATION" in p for p in desktop), desktop
+    assert not any("SHORT EQUATION" in p for p in desktop), desktop
+    assert any("code or output wider than the page" in p and "200 characters" in p for p in desktop), desktop
+
+
 @pytest.mark.parametrize("width", [DESKTOP, PHONE])
 @pytest.mark.parametrize("page_path", PAGES)
 def test_page_reads_well(browser, site, page_path, width):
