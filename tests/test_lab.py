@@ -128,3 +128,15 @@ def test_ghost_norm_normalizes_each_group_on_its_own():
 def test_lenet_takes_fashion_mnist_sized_images_and_ghost_norms():
     model = LeNet(conv_norm=ghost(N.BatchNorm2d, 4), fc_norm=ghost(N.BatchNorm1d, 4), image_size=28)
     assert model(torch.randn(8, 1, 28, 28)).shape == (8, 10)
+
+
+def test_plot_without_series_takes_a_label():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = evidence.sweep(_toy, {"norm": ["BN"], "m": [2, 32]}, seeds=(0, 1), progress=False)
+    ax = runs.plot("acc", x="m", label="BatchNorm")
+    assert ax.containers[0].get_label() == "BatchNorm"
+    plt.close("all")

@@ -138,8 +138,8 @@ class Runs:
             xs = sub.values_of(x)
             ests = [sub.estimate(metric, **{x: v}).scaled(scale) for v in xs]
             name = (labels or {}).get(group, str(group)) if series else None
-            style = {"marker": "o", "capsize": 3} | kwargs
-            ax.errorbar(xs, [e.mean for e in ests], yerr=[e.sem for e in ests], label=name, **style)
+            style = {"marker": "o", "capsize": 3, "label": name} | kwargs
+            ax.errorbar(xs, [e.mean for e in ests], yerr=[e.sem for e in ests], **style)
         ax.set_xlabel(x)
         n = {len(self.select(**{x: v} | ({series: g} if series else {}))) for v in self.values_of(x)
              for g in groups} - {0}
