@@ -2,7 +2,8 @@
 
 :func:`train_data_parallel` trains the lessons' LeNet with DistributedDataParallel and the norm layer of
 your choice; :func:`check_sync_batchnorm` compares SyncBatchNorm over several processes with one BatchNorm
-over the whole batch.
+over the whole batch; :func:`step_by_step` trains the same model for a few steps in one process and data
+parallel (with SyncBatchNorm, and with per-process BatchNorm) and returns the states after every step.
 """
 
 from __future__ import annotations
@@ -122,3 +123,92 @@ def check_sync_batchnorm(sizes: list[int], channels: int = 3, seed: int = 0) -> 
         "input gradient": (torch.cat([r["dx"] for r in results]) - x.grad).abs().max().item(),
         "running_var": max((r["running_var"] - bn.running_var).abs().max().item() for r in results),
     }
+
+
+STEP_BY_STEP_VARIANTS = ("one process", "SyncBatchNorm", "per-process BatchNorm")
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter, running mean and running variance of ``model``, each kind flattened into one vector."""
+    norms = [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
+    return {"parameters": torch.cat([p.detach().flatten() for p in model.parameters()]).clone(),
+            "running means": torch.cat([m.running_mean.flatten() for m in norms]).clone(),
+            "running variances": torch.cat([m.running_var.flatten() for m in norms]).clone()}
+
+
+def _lenet64(norm_2d, norm_1d, seed: int) -> torch.nn.Module:
+    from normlib.lab.models import LeNet
+
+    torch.manual_seed(seed)  # the same initial weights in every process and every variant
+    return LeNet(conv_norm=norm_2d, fc_norm=norm_1d).double()
+
+
+def _global_batches(world_size: int, per_rank_batch: int, steps: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """The digits in float64 and, for each step, the indices of the global batch (rank r takes the r-th slice)."""
+    from normlib.lab.data import digits
+
+    x_tr, y_tr, _, _ = digits()
+    global_batch = world_size * per_rank_batch
+    if steps * global_batch > len(x_tr):
+        raise ValueError(f"{steps} steps of {global_batch} samples need more than the {len(x_tr)} training digits")
+    perm = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))
+    return x_tr.double(), y_tr, perm[:steps * global_batch].reshape(steps, global_batch)
+
+
+def _sgd_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batches, lr: float,
+               snapshot_of: torch.nn.Module) -> list[dict[str, torch.Tensor]]:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    states = []
+    for idx in batches:
+        loss = loss_fn(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        states.append(_snapshot(snapshot_of))
+    return states
+
+
+def _step_by_step_worker(rank: int, world_size: int, per_rank_batch: int, steps: int, lr: float, seed: int,
+                         messages) -> dict | None:
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from normlib import nn as N
+
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    x, y, batches = _global_batches(world_size, per_rank_batch, steps, seed)
+    mine = batches[:, rank * per_rank_batch:(rank + 1) * per_rank_batch]
+    out = {}
+    for variant in ("SyncBatchNorm", "per-process BatchNorm"):
+        model = _lenet64(N.BatchNorm2d, N.BatchNorm1d, seed)
+        if variant == "SyncBatchNorm":
+            model = N.SyncBatchNorm.convert_sync_batchnorm(model)
+        # DDP averages the gradients over the processes and, before each forward, copies rank 0's buffers
+        # (the running statistics) to the others.
+        out[variant] = _sgd_steps(DistributedDataParallel(model), x, y, mine, lr, snapshot_of=model)
+    return out if rank == 0 else None
+
+
+def step_by_step(world_size: int = 2, per_rank_batch: int = 2, steps: int = 20, lr: float = 0.05,
+                 seed: int = 0) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Train LeNet on the digits for ``steps`` SGD steps three ways, in float64, from the same weights and batches.
+
+    - ``"one process"``: ``torch.nn.BatchNorm2d``/``BatchNorm1d`` on the global batch of
+      ``world_size * per_rank_batch`` samples;
+    - ``"SyncBatchNorm"``: DistributedDataParallel over ``world_size`` gloo processes, each holding
+      ``per_rank_batch`` samples of that batch, with every BatchNorm converted to ``normlib.nn.SyncBatchNorm``;
+    - ``"per-process BatchNorm"``: the same, with ``normlib.nn.BatchNorm2d``/``BatchNorm1d`` (each process
+      normalizes over its own samples).
+
+    Returns, for each variant, the state after each step (rank 0's for the data-parallel ones): a dict of
+    flat float64 vectors ``"parameters"``, ``"running means"`` and ``"running variances"`` (every
+    BatchNorm's, in model order).
+    """
+    x, y, batches = _global_batches(world_size, per_rank_batch, steps, seed)  # checks steps first
+    model = _lenet64(torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, seed)
+    single = _sgd_steps(model, x, y, batches, lr, snapshot_of=model)
+    results = launch(_step_by_step_worker, world_size, (per_rank_batch, steps, lr, seed), timeout=300)
+    return {"one process": single, **results[0]}
