@@ -8,6 +8,8 @@
 - :mod:`normlib.lab.timing`: the timing helper every timing cell uses; :mod:`normlib.lab.bench`, the
   benchmark suite (``python -m normlib.lab.bench``) and its recorded results.
 - :mod:`normlib.lab.ddp`: the SyncBatchNorm lesson's data-parallel experiments.
+- :mod:`normlib.lab.numerics`: mean and variance in floating point (naive, two-pass, Welford and Chan's merge)
+  with every rounding pinned down, the float64 reference and errors in ulps.
 
 Needs what the lessons need beyond normlib (matplotlib, scikit-learn, tqdm): ``pip install normlib[lab]``.
 """
