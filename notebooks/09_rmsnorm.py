@@ -15,13 +15,18 @@
 # the standard deviation). RMSNorm {cite}`zhang2019root` keeps only the re-scaling:
 #
 # $$
-# \mathrm{RMS}(x) = \sqrt{\frac{1}{m}\sum_{k=1}^m x_k^2 + \epsilon}, \qquad y = \frac{x}{\mathrm{RMS}(x)} \odot \gamma ,
+# \begin{aligned}
+# \mathrm{RMS}(x) &= \sqrt{\frac{1}{m}\sum_{k=1}^m x_k^2 + \epsilon}, \\
+# y &= \frac{x}{\mathrm{RMS}(x)} \odot \gamma ,
+# \end{aligned}
 # $$
 #
 # with no $\beta$. The argument of the paper is that re-scaling invariance is what matters for training
 # and re-centring can be dropped, which saves a reduction and a subtraction. It is the norm of most
-# current large language models, e.g. LLaMA {cite}`touvron2023llama`. In PyTorch it is `torch.nn.RMSNorm`,
-# where `eps=None` means the machine epsilon of the input's dtype.
+# current large language models, e.g. LLaMA {cite}`touvron2023llama`. In PyTorch it is
+# `torch.nn.RMSNorm`, whose default `eps=None` needs care: it is the machine epsilon of the dtype the
+# statistics are *computed* in, which is float32 for float16, bfloat16 and float32 input (and float64
+# for float64 input), not the epsilon of the input's own dtype. A section below shows why.
 
 # %%
 import torch
@@ -30,7 +35,7 @@ import normlib
 from normlib import functional as NF
 from normlib import lab
 
-lab.seed_everything(0)
+lab.setup()
 
 # %% [markdown]
 # ## Checked against torch, and equal to LayerNorm on zero-mean input
@@ -41,13 +46,13 @@ lab.seed_everything(0)
 # %%
 x = torch.randn(8, 64, dtype=torch.float64) * 3 + 2
 w = torch.randn(64, dtype=torch.float64)
-print(lab.cmp("normlib.nn.RMSNorm vs torch", NF.rms_norm(x, [64], w), torch.nn.functional.rms_norm(x, [64], w),
-                  atol=1e-12))
+print(lab.cmp("rms_norm: normlib vs torch", NF.rms_norm(x, [64], w),
+              torch.nn.functional.rms_norm(x, [64], w), atol=1e-12))
 centred = x - x.mean(-1, keepdim=True)
-print(lab.cmp("RMSNorm vs LayerNorm, centred x", NF.rms_norm(centred, [64], eps=1e-5),
-                  NF.layer_norm(centred, [64], eps=1e-5), atol=1e-12))
-print(lab.cmp("RMSNorm vs LayerNorm, raw x", NF.rms_norm(x, [64], eps=1e-5), NF.layer_norm(x, [64], eps=1e-5),
-                  atol=1e-12))
+print(lab.cmp("RMSNorm vs LN, centred x", NF.rms_norm(centred, [64], eps=1e-5),
+              NF.layer_norm(centred, [64], eps=1e-5), atol=1e-12))
+print(lab.cmp("RMSNorm vs LN, raw x", NF.rms_norm(x, [64], eps=1e-5),
+              NF.layer_norm(x, [64], eps=1e-5), atol=1e-12))
 
 # %% [markdown]
 # ## What it is invariant to
@@ -56,14 +61,50 @@ print(lab.cmp("RMSNorm vs LayerNorm, raw x", NF.rms_norm(x, [64], eps=1e-5), NF.
 # $\epsilon$. Only LayerNorm is invariant to shifting it, $x \to x + b$:
 
 # %%
-for name, f in (("LayerNorm", lambda t: NF.layer_norm(t, [64])), ("RMSNorm", lambda t: NF.rms_norm(t, [64]))):
-    print(f"{name:<9}  scaled x 5: {lab.cmp('', f(5 * x), f(x), atol=1e-4).strip():<28}"
-          f" shifted by 3: {lab.cmp('', f(x + 3), f(x), atol=1e-4).strip()}")
+norms = {"LayerNorm": lambda t: NF.layer_norm(t, [64]),
+         "RMSNorm": lambda t: NF.rms_norm(t, [64])}
+print(f"{'':<11}{'x -> 5x':<12}{'x -> x + 3':<12}  (same output within 1e-4?)")
+for name, f in norms.items():
+    same = [torch.allclose(f(t), f(x), rtol=0, atol=1e-4) for t in (5 * x, x + 3)]
+    words = ["invariant" if s else "changes" for s in same]
+    print(f"{name:<11}{words[0]:<12}{words[1]:<12}")
 
 # %% [markdown]
 # In a Transformer the residual stream has no fixed mean to remove, and the layers after the norm have
 # their own biases, so losing shift invariance costs little in practice, which is the trade the paper
 # argues for.
+#
+# ## The default epsilon
+#
+# $\epsilon$ is there to avoid a division by zero, and it should be negligible next to the mean
+# square of any real activation. The machine epsilon of bfloat16 is not: it is $2^{-7} \approx
+# 0.0078$, while activations with an RMS of 0.01 have a mean square of $10^{-4}$. That is why torch's
+# `eps=None` takes the epsilon of float32, the dtype in which it computes the statistics of half- and
+# bfloat16 input. normlib follows the same rule. Both, in bfloat16, on activations with an RMS of
+# about 0.01, next to what bfloat16's own epsilon would do:
+
+# %%
+x16 = (torch.randn(8, 1024) * 0.01).bfloat16()
+print(f"float32 eps:  {torch.finfo(torch.float32).eps:.3g}")
+print(f"bfloat16 eps: {torch.finfo(torch.bfloat16).eps:.3g}")
+ours, theirs = normlib.nn.RMSNorm(1024).bfloat16(), torch.nn.RMSNorm(1024).bfloat16()
+print(lab.cmp("bf16 eps=None normlib/torch", ours(x16), theirs(x16)))
+
+
+def rms(t):
+    return t.float().square().mean(-1).sqrt().mean().item()
+
+
+bf16_eps = torch.finfo(torch.bfloat16).eps
+with_bf16_eps = torch.nn.functional.rms_norm(x16, [1024], eps=bf16_eps)
+print(f"RMS of the input:                     {rms(x16):.3f}")
+print(f"RMS of the output, eps=None:          {rms(theirs(x16)):.2f}")
+print(f"RMS of the output, bfloat16's eps:    {rms(with_bf16_eps):.2f}")
+
+# %% [markdown]
+# With float32's epsilon the output has RMS 1, as a norm's output should. With bfloat16's epsilon the
+# "normalized" output would keep only about a tenth of that: $\epsilon$ would dominate the
+# statistics of every small activation.
 #
 # ## How fast is it?
 #
@@ -71,8 +112,7 @@ for name, f in (("LayerNorm", lambda t: NF.layer_norm(t, [64])), ("RMSNorm", lam
 # modules and normlib's, on the GPU when there is one. (Timings vary, so this cell's output is not
 # checked.)
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 from normlib.lab.timing import benchmark, default_device, device_name
 
 device = default_device()
@@ -87,7 +127,8 @@ layers = {
 }
 for name, layer in layers.items():
     layer = layer.to(device)
-    print(f"{name:<18} forward+backward: {benchmark(lambda layer=layer: layer(xb).backward(dy), device)}")
+    timing = benchmark(lambda layer=layer: layer(xb).backward(dy), device)
+    print(f"{name:<18} forward+backward: {timing}")
 
 # %% [markdown]
 # Both norms read and write the same amount of memory, which is what bounds their speed on a GPU; the
@@ -96,6 +137,7 @@ for name, layer in layers.items():
 # ## Exercises
 #
 # 1. Derive $\partial y / \partial x$ for RMSNorm and compare it with LayerNorm's. Which terms disappear?
-# 2. With `eps=None`, what epsilon does RMSNorm use for bfloat16 input? Why might that be a problem for
-#    activations with a tiny RMS?
+# 2. Below which RMS does `eps=None` (float32's epsilon) shrink the output of RMSNorm by more
+#    than 1%? Answer from the formula, then check with float32 input. Do the same for `eps=1e-5`
+#    and `eps=1e-6`, common explicit choices in language models.
 # 3. Replace the LayerNorms of a small Transformer block by RMSNorm and compare the training curves.
