@@ -69,8 +69,9 @@ class _NormAffine(torch.autograd.Function):
     ``weight`` and ``bias`` come already shaped to broadcast against ``x``. ``mode`` is ``"center"``
     (mean and variance from x), ``"rms"`` (mean square from x, no centering) or ``"fixed"`` (the given
     ``mu`` and ``var``, e.g. running statistics, which receive no gradient). Besides ``y`` it returns the
-    statistics it used, ``mu`` and ``var`` (non-differentiable; ``mu`` is empty for ``"rms"``, both are for
-    ``"fixed"``), so that BatchNorm can update its running estimates without computing them twice.
+    statistics it used, ``mu`` and ``var`` (non-differentiable; ``mu`` is empty for ``"rms"``), so that
+    BatchNorm can update its running estimates without computing them twice, and so that ``setup_context``
+    can save them (an input saved instead, for ``"fixed"``, trips ``torch.compile``).
 
     The backward saves ``x`` (and the statistics, one number per set) and forms :math:`\hat{x}` again from
     them. When a graph of the gradient is being built (``create_graph=True``, a gradient penalty,
@@ -93,10 +94,9 @@ class _NormAffine(torch.autograd.Function):
             y = y * weight
         if bias is not None:
             y = y + bias
-        empty = xf.new_empty(0)
-        if mode == "fixed":
-            return y.to(x.dtype), empty, empty
-        return y.to(x.dtype), (mu if mu is not None else empty), var
+        if mode == "fixed":  # the given statistics, as new tensors (an input returned as an output is a view)
+            return y.to(x.dtype), mu.clone(), var.clone()
+        return y.to(x.dtype), (mu if mu is not None else xf.new_empty(0)), var
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -196,10 +196,8 @@ def _x_hat(xf: Tensor, mu: Tensor | None, rstd: Tensor) -> Tensor:
 
 def _to_save(inputs: tuple, output: tuple) -> tuple:
     """What the derivatives need: ``x``, ``weight`` and the statistics ``mu`` (None for RMS) and ``var``."""
-    x, weight, _, _, _, mode, mu, var = inputs
-    if mode != "fixed":
-        mu, var = (output[1] if mode == "center" else None), output[2]
-    return x, weight, mu, var
+    x, weight, mode = inputs[0], inputs[1], inputs[5]
+    return x, weight, (output[1] if mode != "rms" else None), output[2]
 
 
 def _norm_function() -> type[_NormAffine]:
