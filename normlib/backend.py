@@ -7,7 +7,11 @@ backward and, under ``torch.compile``, is normlib's fast CPU path.
 ``"triton"`` routes LayerNorm, RMSNorm, GroupNorm, BatchNorm (training) and Dropout through the Triton
 kernels of :mod:`normlib.kernels` for tensors on a GPU (or on the CPU under ``TRITON_INTERPRET=1``, which
 is for testing). Other tensors, and the other layers, keep using :mod:`normlib.functional`: both compute
-the same function.
+the same function. So do the norms inside ``torch.compile``, under :mod:`torch.func` transforms, on empty
+input and for rows too long for the row kernels (see :mod:`normlib.kernels`).
+
+Every backend gives the same outputs, gradients (double backward included), buffers and errors as
+``torch.nn``; the few deliberate differences are listed in :mod:`normlib.nn`'s docstring.
 """
 
 from __future__ import annotations

@@ -1,4 +1,42 @@
-"""Modules that are drop-ins for their ``torch.nn`` namesakes: same arguments, state_dict keys and errors."""
+"""Modules that are drop-ins for their ``torch.nn`` namesakes: same arguments, state_dict keys and errors.
+
+Each module takes its ``torch.nn`` namesake's constructor arguments, has its state_dict keys, dtypes and
+memory layouts, gives the same outputs, gradients and buffers in training and evaluation, in float64, float32,
+float16 and bfloat16 (and float16/bfloat16 input into a float32 module), under every backend
+(:func:`normlib.set_backend`), with ``torch.compile``, :mod:`torch.func` (``vmap``, ``grad``, ``jacrev``,
+``jacfwd``, ``hessian``) and double backward, and raises the same exception types with the same messages.
+``tests/test_conformance.py`` checks this case by case against the installed torch.
+
+Deliberate differences from torch
+---------------------------------
+This is the one list of the places where normlib knowingly behaves otherwise.
+
+- **Empty input where torch fails or corrupts state.** A BatchNorm with zero channels returns the empty output
+  (torch raises ``IndexError: select(): index 0 out of range``). An InstanceNorm with
+  ``track_running_stats=True`` leaves its running statistics alone on an empty batch (torch writes NaN into
+  them). Empty input never updates running statistics.
+- **Constant rows and channels are exact for every norm.** Statistics are taken over the data shifted by each
+  set's first element, so a set of equal values normalizes to exactly 0 (output exactly ``beta``, weight
+  gradient exactly 0). torch is exact for LayerNorm and GroupNorm but leaves about 1e-6 for BatchNorm and
+  InstanceNorm. Elsewhere results agree with torch to rounding (float32: about 1e-6 relative), not bit for bit.
+- **The dtype rule is torch's CPU rule on every device.** float16/bfloat16 input with float32 parameters is
+  allowed (the output keeps the input's dtype); any other mix, float64 input into a float32 module included, is
+  torch's ``RuntimeError("mixed dtype (CPU): ...")``, also for CUDA tensors, where torch's own kernels accept
+  some of those mixes. RMSNorm accepts any mix, as torch does, but without torch's warning that it "cannot
+  dispatch to fused implementation".
+- **SyncBatchNorm runs on CPUs** (gloo) as well as GPUs; torch's raises ``ValueError`` for CPU tensors in a
+  process group. Its second derivative raises (``once_differentiable``) instead of being computed.
+- **Dropout modules also take a** ``generator`` **keyword**, to draw their masks from a ``torch.Generator``.
+  With the same global seed the masks equal torch's, except under the ``triton`` backend, whose kernel draws
+  its mask from a seed (Philox), so the masks differ while their law is the same.
+- **The triton backend hands some work to** :mod:`normlib.functional`: BatchNorm in evaluation, every norm
+  inside ``torch.compile`` and under :mod:`torch.func` transforms, empty input, and LayerNorm/RMSNorm rows of
+  more than :data:`normlib.kernels.MAX_ROW` elements. With ``create_graph=True`` its backward differentiates
+  normlib.functional's forward, so higher derivatives are exact.
+- :func:`normlib.fold_batchnorm` **folds in float64** (torch's fuser in the layer's dtype), accepts normlib's
+  and torch's BatchNorms alike, and gives the folded layer parameters that require grad exactly when the
+  layer's did; a bias the layer did not have follows the layer's weight (torch's fuser makes it frozen).
+"""
 
 from normlib.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normlib.nn.dropout import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
