@@ -161,3 +161,64 @@ def test_compiles_with_fullgraph(name):
     torch.testing.assert_close(compiled(rm, rv), fn(TF, rm2, rv2))
     torch.testing.assert_close(rm, rm2)  # in-place running-statistics updates survive compilation
     torch.testing.assert_close(rv, rv2)
+
+
+def _outcome(call):
+    try:
+        return "ok", call().dtype
+    except Exception as e:  # noqa: BLE001 - compared with torch's
+        return type(e).__name__, str(e)
+
+
+def test_dtype_and_eps_errors_match_torch_word_for_word():
+    """Integer input, float64 input into float32 parameters (and the other mixes torch rejects), eps <= 0."""
+    xi, xd, xh = torch.ones(4, 3, 5, dtype=torch.long), torch.randn(4, 3, 5, dtype=torch.float64), \
+        torch.randn(4, 3, 5).to(torch.bfloat16)
+    w, rm, rv = torch.ones(3), torch.zeros(3), torch.ones(3)
+    cases = [
+        lambda f: f.batch_norm(xi, rm, rv, w, w, training=True),
+        lambda f: f.batch_norm(xd, rm, rv, w, w, training=True),
+        lambda f: f.batch_norm(xd, None, None, training=True),
+        lambda f: f.batch_norm(xh, rm, rv, w, w, training=True),  # allowed: half input, float32 parameters
+        lambda f: f.batch_norm(xh.float(), rm, rv, w.bfloat16(), w, training=True),
+        lambda f: f.batch_norm(xd, rm, rv, training=True, eps=0.0),
+        lambda f: f.batch_norm(xd.float(), rm, rv, training=False, eps=0.0),
+        lambda f: f.batch_norm(xd.float(), rm, rv, training=False, eps=-1e-3),
+        lambda f: f.instance_norm(xi),
+        lambda f: f.instance_norm(xd, weight=w),
+        lambda f: f.layer_norm(xi, [5]),
+        lambda f: f.layer_norm(xi, [5], torch.ones(5)),
+        lambda f: f.layer_norm(xd, [5], torch.ones(5)),
+        lambda f: f.group_norm(xi, 3),
+        lambda f: f.group_norm(xd, 3, w),
+        lambda f: f.rms_norm(xi, [5]),
+        lambda f: f.rms_norm(xd, [5], torch.ones(5)),  # allowed, float64 output
+        lambda f: f.rms_norm(xd, [4]),
+        lambda f: f.dropout(xi, 0.5),
+        lambda f: f.dropout(xi, 1.0),
+        lambda f: f.alpha_dropout(xi, 0.5, training=True),
+    ]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's rms_norm warns about the mix it falls back on
+        for i, case in enumerate(cases):
+            assert _outcome(lambda case=case: case(F)) == _outcome(lambda case=case: case(TF)), f"case {i}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_rms_norm_eps_none_is_the_computation_dtypes_epsilon(dtype):
+    x = (torch.randn(3, 32, dtype=torch.float64) * 0.01).to(dtype)  # RMS 0.01, where bfloat16's eps is large
+    torch.testing.assert_close(F.rms_norm(x, [32]), TF.rms_norm(x, [32]))
+    eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    torch.testing.assert_close(F.rms_norm(x, [32]), F.rms_norm(x, [32], eps=eps), atol=0, rtol=0)
+
+
+def test_moments_of_a_constant_set_are_exact():
+    for value in (0.1, 1 / 3, -2.7e3):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            x = torch.full((2, 3, 7), value, dtype=dtype)
+            mu, var = F.moments(x, [0, 2])
+            assert torch.equal(mu, torch.full_like(mu, x[0, 0, 0].item())) and torch.equal(var, torch.zeros_like(var))
+    mu, var = F.moments(torch.empty(0, 3), [0])  # an empty set's moments are NaN, as a mean of nothing
+    assert mu.isnan().all() and var.isnan().all()

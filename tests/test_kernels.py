@@ -102,3 +102,37 @@ def test_the_triton_backend_routes_normlib_nn_through_the_kernels(monkeypatch):
     torch.testing.assert_close(y, layer(x))
     with pytest.raises(ValueError):
         normlib.set_backend("cuda")
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "group_norm", "batch_norm"])
+def test_float64_is_computed_in_float64(name):
+    x = (torch.randn(4, 6, 5, dtype=torch.float64) * 3 + 2).to(DEVICE)
+    calls = {"layer_norm": lambda f: f.layer_norm(x, [5]), "rms_norm": lambda f: f.rms_norm(x, [5]),
+             "group_norm": lambda f: f.group_norm(x, 3), "batch_norm": lambda f: f.batch_norm(x, None, None, None,
+                                                                                               None, True)}
+    y = calls[name](K)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, calls[name](torch.nn.functional), atol=1e-12, rtol=1e-12)  # float32 is ~1e-7
+
+
+def test_second_derivatives_are_exact():
+    """With create_graph the backward differentiates the tensor-op forward: gradgradcheck holds (the kernels'
+    own numbers would be constants to a second derivative), and dropout's backward is itself a dropout."""
+    x = torch.randn(2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: K.layer_norm(x, [3], w, w), (x, w))
+    y = torch.randn(1000, device=DEVICE, requires_grad=True)
+    out = K.dropout(y, 0.3)
+    (g,) = torch.autograd.grad(out.square().sum(), y, create_graph=True)
+    g.sum().backward()  # d/dy sum(2 * out * mask / 0.7) = 2 * mask / 0.49
+    torch.testing.assert_close(y.grad, 2 * (out != 0).float() / 0.49)
+
+
+def test_long_rows_and_empty_input_use_normlib_functional():
+    x = torch.randn(2, 2, 256, 129, device=DEVICE)  # rows of 66,048 elements, over MAX_ROW
+    assert 256 * 129 * 2 > K.MAX_ROW
+    layer = normlib.nn.LayerNorm([2, 256, 129]).to(DEVICE)
+    with normlib.use_backend("triton"):
+        y = layer(x)
+        assert torch.equal(K.rms_norm(torch.zeros(0, 8, device=DEVICE), [8]), torch.zeros(0, 8, device=DEVICE))
+    torch.testing.assert_close(y, F.layer_norm(x, [2, 256, 129], layer.weight, layer.bias))

@@ -196,3 +196,72 @@ def test_lenet_norm_placement():
     assert [type(m).__name__ for m in after.features[:3]] == ["Conv2d", "ReLU", "BatchNorm2d"]
     assert before.features[0].bias is None and after.features[0].bias is not None
     assert after(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+# ------------------------------------------------------------- higher derivatives, torch.func, compile
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_double_backward_is_exact(name):
+    """The backward is itself differentiable: gradgradcheck, and forward mode (jvp) through gradcheck."""
+    call, shape, pshape = CASES[name]
+    x, w, b = _tensors((2, *shape[1:]) if len(shape) > 3 else shape, pshape, torch.float64)
+    inputs = (x, w) if name == "rms_norm" else (x, w, b)
+    fn = (lambda x, w: call(M, x, w, None)) if name == "rms_norm" else (lambda x, w, b: call(M, x, w, b))
+    assert torch.autograd.gradgradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True, check_batched_grad=True)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_torch_func_transforms_match_autograd(name):
+    """vmap, grad, jacrev, jacfwd and hessian of the hand-derived Function equal those of normlib.functional."""
+    from torch.func import grad, hessian, jacfwd, jacrev, vmap
+
+    call, shape, pshape = CASES[name]
+    x, w, b = (t.detach() for t in _tensors(shape, pshape, torch.float64))
+    b = None if name == "rms_norm" else b
+
+    def loss(lib):
+        return lambda x: call(lib, x, w, b).sin().sum()
+
+    for transform in (grad, jacrev):
+        torch.testing.assert_close(transform(loss(M))(x), transform(loss(F))(x), atol=1e-12, rtol=1e-10)
+    small = x[:2] if name.startswith("batch") else x[:1]
+    torch.testing.assert_close(hessian(loss(M))(small), hessian(loss(F))(small), atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(jacfwd(loss(M))(small), jacfwd(loss(F))(small), atol=1e-12, rtol=1e-10)
+    xs = torch.stack([x, 2 * x + 1])
+    torch.testing.assert_close(vmap(lambda t: call(M, t, w, b))(xs), vmap(lambda t: call(F, t, w, b))(xs))
+    # per-sample gradients with batched parameters: vmap over grad
+    ws = torch.stack([w, w + 0.5])
+    per = vmap(grad(lambda w, x: call(M, x, w, b).square().sum()), in_dims=(0, None))(ws, x)
+    ref = vmap(grad(lambda w, x: call(F, x, w, b).square().sum()), in_dims=(0, None))(ws, x)
+    torch.testing.assert_close(per, ref)
+
+
+def test_group_norm_compiles_for_a_second_shape():
+    """A second (channels, groups) recompiles with dynamic shapes; that used to die in sympy ("BooleanAtom not
+    allowed in this context") on a tuple comparison of symbolic booleans."""
+    torch._dynamo.reset()
+    compiled = torch.compile(M.group_norm, backend="aot_eager")
+    for n, c, groups in ((4, 16, 4), (2, 32, 8), (3, 24, 24)):
+        x = torch.randn(n, c, 5, 5, requires_grad=True)
+        w, b = torch.randn(c, requires_grad=True), torch.randn(c, requires_grad=True)
+        y = compiled(x, groups, w, b)
+        torch.testing.assert_close(y, F.group_norm(x, groups, w, b), atol=1e-5, rtol=1e-5)
+        y.sum().backward()
+    torch._dynamo.reset()
+
+
+def test_fold_keeps_requires_grad_and_takes_normlib_syncbatchnorm():
+    conv = tnn.Conv2d(3, 4, 3)
+    conv.requires_grad_(False)
+    for bn in (normlib.nn.SyncBatchNorm(4), normlib.nn.BatchNorm2d(4), tnn.BatchNorm2d(4)):
+        bn(torch.randn(4, 4, 3, 3))
+        folded = normlib.fold_batchnorm(conv, bn.eval())
+        assert not folded.weight.requires_grad and not folded.bias.requires_grad  # frozen stays frozen
+        x = torch.randn(2, 3, 5, 5)
+        torch.testing.assert_close(folded(x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+    trainable = normlib.fold_batchnorm(tnn.Linear(3, 4, bias=False), tnn.BatchNorm1d(4).eval())
+    assert trainable.weight.requires_grad and trainable.bias.requires_grad
+    model = tnn.Sequential(tnn.Conv2d(3, 4, 3), normlib.nn.SyncBatchNorm(4)).eval()
+    assert isinstance(normlib.fold_batchnorms(model)[1], tnn.Identity)

@@ -104,3 +104,40 @@ def test_convert_sync_batchnorm_keeps_parameters_and_buffers():
         assert torch.equal(after[k], before[k]), k
     x = torch.randn(5, 1, 3, 3)
     torch.testing.assert_close(converted(x), tnn.Sequential(*model.children())(x))
+
+
+def _eval_alone_worker(rank, world_size, messages):
+    """Rank 0 evaluates a SyncBatchNorm without running statistics; rank 1 never calls it."""
+    torch.manual_seed(rank)
+    out = {}
+    if rank == 0:
+        layer = N.SyncBatchNorm(3, track_running_stats=False).eval()
+        x = torch.randn(4, 3, 2, 2)
+        out["y"], out["want"] = layer(x), tnn.BatchNorm2d(3, track_running_stats=False).eval()(x)
+    # In training it does synchronise, and its backward is once-differentiable: a second derivative raises.
+    layer = N.SyncBatchNorm(3).train()
+    x = torch.randn(2, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    try:
+        g.sum().backward()
+        out["double_backward"] = "no error"
+    except RuntimeError as e:
+        out["double_backward"] = str(e)
+    return out
+
+
+def test_eval_does_not_synchronise_and_double_backward_raises():
+    """torch synchronises only in training: a rank evaluating alone must neither wait for its peer nor see its
+    data (with track_running_stats=False eval uses the local batch's statistics)."""
+    results = launch(_eval_alone_worker, 2, timeout=60)
+    torch.testing.assert_close(results[0]["y"], results[0]["want"])
+    for r in results:
+        assert "once_differentiable" in r["double_backward"]
+
+
+def test_syncbatchnorm_is_a_batchnorm_and_rejects_zero_channels():
+    from normlib.nn.batchnorm import _BatchNorm
+
+    assert isinstance(N.SyncBatchNorm(3), _BatchNorm)
+    with pytest.raises(ValueError, match="SyncBatchNorm number of input channels should be non-zero"):
+        N.SyncBatchNorm(0)(torch.randn(2, 0, 3))
