@@ -173,7 +173,10 @@ fig.tight_layout()
 # $\alpha' = -\lambda\alpha \approx -1.758$ and then applies $y = a x + b$ with
 #
 # $$
-# a = \left((1-p)(1 + p\,\alpha'^2)\right)^{-1/2}, \qquad b = -a\,\alpha'\,p,
+# \begin{aligned}
+# a &= \left((1-p)(1 + p\,\alpha'^2)\right)^{-1/2}, \\
+# b &= -a\,\alpha'\,p,
+# \end{aligned}
 # $$
 #
 # chosen so that mean 0 and variance 1 are kept. A 32-layer SELU network with LeCun-normal weights,
