@@ -8,6 +8,8 @@
 - :mod:`normlib.lab.timing`: the timing helper every timing cell uses; :mod:`normlib.lab.bench`, the
   benchmark suite (``python -m normlib.lab.bench``) and its recorded results.
 - :mod:`normlib.lab.ddp`: the SyncBatchNorm lesson's data-parallel experiments.
+- :mod:`normlib.lab.transformer`: a tiny Transformer with the norm and its place (pre-LN, post-LN) as
+  arguments, a sorting task, and Adam with learning-rate warm-up.
 - :mod:`normlib.lab.numerics`: mean and variance in floating point (naive, two-pass, Welford and Chan's merge)
   with every rounding pinned down, the float64 reference and errors in ulps.
 
