@@ -402,15 +402,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 
 @triton.jit
-def _dropout_kernel(X, Y, n, p, seed, BLOCK: tl.constexpr):
+def _dropout_kernel(X, Y, n, p, seed, ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     keep = tl.rand(seed, offs) >= p  # the same (seed, index) gives the same draw in the backward
-    x = tl.load(X + offs, mask=m, other=0.0)
-    if X.dtype.element_ty == tl.float64:
-        y = tl.where(keep, x / (1.0 - p), 0.0)
-    else:
-        y = tl.where(keep, x.to(tl.float32) / (1.0 - p), 0.0)
+    x = tl.load(X + offs, mask=m, other=0.0).to(ACC)
+    y = tl.where(keep, x / (1.0 - p), 0.0)
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=m)
 
 
@@ -419,7 +416,7 @@ def _run_dropout(x: Tensor, p: float, seed: int) -> Tensor:
     y = torch.empty_like(x)
     n = x.numel()
     block = 1024
-    _dropout_kernel[(triton.cdiv(n, block),)](x, y, n, p, seed, BLOCK=block)
+    _dropout_kernel[(triton.cdiv(n, block),)](x, y, n, p, seed, ACC=_acc(x), BLOCK=block)
     return y
 
 
