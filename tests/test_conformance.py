@@ -270,6 +270,7 @@ CHAIN = [  # one of each kind of norm, on (N, 4, 3, 3)
     ("BatchNorm2d", (4,), {}), ("GroupNorm", (2, 4), {}), ("InstanceNorm2d", (4,), {"affine": True,
                                                                                  "track_running_stats": True}),
     ("LayerNorm", ([3, 3],), {}), ("SyncBatchNorm", (4,), {"momentum": None}), ("RMSNorm", ([3],), {}),
+    ("Dropout2d", (0.3,), {}), ("AlphaDropout", (0.2,), {}),
 ]
 
 
@@ -302,7 +303,10 @@ def test_compile_with_a_second_shape_matches_torch(backend):
             theirs.train(training)
             shape = (n, 4, 3, 3)
             x, x_t = _input(shape, torch.float64, "contiguous", step), _input(shape, torch.float64, "contiguous", step)
-            y, y_t = compiled(x), theirs(x_t)
+            torch.manual_seed(step)  # the same dropout masks on both sides
+            y = compiled(x)
+            torch.manual_seed(step)
+            y_t = theirs(x_t)
             _close(y, y_t, f"step {step} output")
             y.backward(torch.ones_like(y).mul_(0.3).cumsum_(-1))
             y_t.backward(torch.ones_like(y_t).mul_(0.3).cumsum_(-1))
@@ -326,12 +330,19 @@ def _vmap_case(lib, name, args, kwargs, shape, training, backend):
         return type(e), str(e)
 
 
+DROPOUT_SPECS = [(name, (0.4,), {}, shape) for name, shape in DROPOUTS]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
+@pytest.mark.parametrize("spec", SPECS + DROPOUT_SPECS, ids=_spec_id)
 def test_vmap_matches_torch(spec, backend):
     name, args, kwargs, shape = spec
     for training in (True, False):
-        got, want = (_vmap_case(lib, name, args, kwargs, shape, training, backend) for lib in (N, tnn))
+        got, want = [], []
+        for lib, results in ((N, got), (tnn, want)):
+            torch.manual_seed(4)  # dropout: the same masks (under vmap the triton backend uses normlib.functional)
+            results.append(_vmap_case(lib, name, args, kwargs, shape, training, backend))
+        got, want = got[0], want[0]
         if isinstance(want, tuple):
             assert got == want
         else:
@@ -363,6 +374,20 @@ def test_double_backward_matches_torch(spec, backend):
             _close(p, p_t, "penalty")
             for i, (g, g_t) in enumerate(zip(grads, grads_t, strict=True)):
                 _close(g, g_t, f"gradient of the penalty, input {i}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "manual"])  # the triton kernel's own masks: see test_kernels
+@pytest.mark.parametrize("name,shape", DROPOUTS)
+def test_dropout_double_backward_matches_torch(name, shape, backend):
+    with normlib.use_backend(backend):
+        results = []
+        for lib in (N, tnn):
+            torch.manual_seed(6)
+            x = _input(shape, torch.float64, "contiguous", 2)
+            results.append(_gradient_penalty(getattr(lib, name)(0.4).train(), x))
+    (p, grads), (p_t, grads_t) = results
+    _close(p, p_t, "penalty")
+    _close(grads[0], grads_t[0], "gradient of the penalty")
 
 
 def test_gradient_penalty_through_linear_layernorm_linear():
