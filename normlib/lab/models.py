@@ -141,3 +141,24 @@ class NormRNN(nn.Module):
             h = h.clone()
             h[active] = torch.tanh(pre)
         return self.out(h)
+
+
+def norm_mlp(sizes: list[int], norm: NormFactory | None = None, activation: Callable[[], nn.Module] = nn.ReLU,
+             norm_after_activation: bool = False) -> nn.Sequential:
+    """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` on flattened input, a norm in each hidden layer.
+
+    Each hidden layer is Linear, ``norm(width)``, activation (or Linear, activation, norm with
+    ``norm_after_activation=True``); ``norm=None`` leaves the norm out. A Linear followed by a norm has
+    no bias (the norm's :math:`\\beta` replaces it). The output layer is a plain Linear.
+    """
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        if i == len(sizes) - 2:
+            layers.append(nn.Linear(n_in, n_out))
+        elif norm is None:
+            layers += [nn.Linear(n_in, n_out), activation()]
+        elif norm_after_activation:
+            layers += [nn.Linear(n_in, n_out), activation(), norm(n_out)]
+        else:
+            layers += [nn.Linear(n_in, n_out, bias=False), norm(n_out), activation()]
+    return nn.Sequential(*layers)

@@ -55,3 +55,17 @@ def cmp(name: str, got, want, atol: float = 1e-6) -> str:
 
 def _as_tensor(a) -> torch.Tensor:
     return a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
+def within(name: str, got, want, atol: float) -> str:
+    """One line saying that ``got`` and ``want`` agree to ``atol`` (or by how much they differ).
+
+    Unlike :func:`cmp`, it says the same whether the two are bit-identical or only close: where two
+    computations take different rounding paths, one CPU (or ATen kernel set) may give identical bits
+    and another a last-bit difference, and a lesson's printed line must not depend on which.
+    """
+    got, want = _as_tensor(got), _as_tensor(want)
+    if got.shape != want.shape:
+        return f"{name:<28} SHAPE {tuple(got.shape)} != {tuple(want.shape)}"
+    diff = (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
+    return f"{name:<28} " + (f"agree (max |diff| <= {atol:g})" if diff <= atol else f"DIFFERENT ({diff:.3g})")
