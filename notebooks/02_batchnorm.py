@@ -338,7 +338,7 @@ evidence.claim("BatchNorm after 1 epoch is lower at lr 0.1 than at lr 0.01",
 evidence.claim("at lr 0.1, PreciseBN statistics raise it by more than 15 points",
                acc("acc_1_recal", "BatchNorm", 0.1), ">",
                acc("acc_1", "BatchNorm", 0.1), margin=0.15, unit=100)
-_ = evidence.claim("with PreciseBN statistics, lr 0.1 is within 10 points of lr 0.01",
+evidence.claim("with PreciseBN statistics, lr 0.1 is within 10 points of lr 0.01",
                    acc("acc_1_recal", "BatchNorm", 0.1), "≈",
                    acc("acc_1_recal", "BatchNorm", 0.01), margin=0.10, unit=100)
 

@@ -323,7 +323,7 @@ evidence.claim("that gain is more than 5 points larger than on the training leng
 least = min(NORMS, key=lambda n: drop(n).mean)
 evidence.claim("every model is less accurate up to twice the training length",
                drop(least), ">", 0.0, unit=100)
-_ = evidence.claim("up to twice the training length, BatchNorm per step loses more "
+evidence.claim("up to twice the training length, BatchNorm per step loses more "
                    "than LayerNorm, by over 5 points", drop("batch"), ">", drop("layer"),
                    margin=0.05, unit=100)
 

@@ -252,7 +252,7 @@ groupings = [n for n in NORMS if n != "BatchNorm"]
 farthest = max(groupings, key=lambda n: abs(acc[n].mean - acc["BatchNorm"].mean))
 evidence.claim("every number of groups is within 3 points of BatchNorm at batch 32",
                acc[farthest], "≈", acc["BatchNorm"], margin=0.03, unit=100)
-_ = evidence.claim("G = C (InstanceNorm) is at most 1 point below G = 1 (LayerNorm)",
+evidence.claim("G = C (InstanceNorm) is at most 1 point below G = 1 (LayerNorm)",
                    acc["G = C"], ">", acc["G = 1"], margin=-0.01, unit=100)
 
 # %% [markdown]

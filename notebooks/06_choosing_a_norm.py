@@ -330,7 +330,9 @@ for key, statement, left, op, right, margin in (
     *[(f"many-{norm}", f"BN at 8 and 32 samples (pooled) errs less than {NAMES[norm]}",
        bn_8_32, "<", err(references, norm=norm), 0.0) for norm in ("GN", "LN")],
 ):
-    checked[key] = evidence.claim(statement, left, op, right, margin=margin, unit=100)
+    checked[key] = evidence.claim(statement, left, op, right, margin=margin, unit=100,
+                                  quiet=True)
+    print(checked[key])
 
 # %% [markdown]
 # The figure has the shape of the GroupNorm paper's. With 8 or more samples per statistic,
@@ -378,7 +380,9 @@ for key, statement, left, op, right, margin in (
     ("recal-32", "recalibrated, BN at 2 still errs over 15 points more than BN at 32",
      err(bn_runs, "recal_err", m=2), ">", err(bn_runs, "recal_err", m=32), 0.15),
 ):
-    checked[key] = evidence.claim(statement, left, op, right, margin=margin, unit=100)
+    checked[key] = evidence.claim(statement, left, op, right, margin=margin, unit=100,
+                                  quiet=True)
+    print(checked[key])
 
 # %% [markdown]
 # At $m = 2$ the network fails in training: its training error is high, and evaluated the way it

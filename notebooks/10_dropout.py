@@ -299,7 +299,7 @@ evidence.claim("the band is over 1.5 times as wide outside the data as inside",
                widening, ">", 1.5)
 evidence.claim("inside the data's range the band covers sin(3x) at over 90% of points",
                mc.estimate("cover_in"), ">", 0.90)
-_ = evidence.claim("outside it, sin(3x) leaves the band at over a quarter of points",
+evidence.claim("outside it, sin(3x) leaves the band at over a quarter of points",
                    mc.estimate("cover_out"), "<", 0.75)
 
 # %% [markdown]

@@ -106,7 +106,7 @@ print(evidence.table(["seed", "running averages", "recalibrated"], rows))
 # %%
 evidence.claim("the running variances miss the population's by more than 1%",
                stats.estimate("running"), ">", 0.01)
-_ = evidence.claim("the recalibrated variances match it to within 0.5%",
+evidence.claim("the recalibrated variances match it to within 0.5%",
                    stats.estimate("recalibrated"), "<", 0.005)
 
 # %% [markdown]
@@ -160,7 +160,7 @@ fig.tight_layout()
 # %%
 evidence.claim("statistics from one batch of 8 images cost over 1 point of accuracy",
                change.estimate("change", k=8), "<", -0.01, unit=100)
-_ = evidence.claim("from 512 images on, more change accuracy by under 0.5 points",
+evidence.claim("from 512 images on, more change accuracy by under 0.5 points",
                    change.estimate("change", k=512), "≈", 0, margin=0.005, unit=100)
 
 # %% [markdown]
@@ -301,7 +301,7 @@ for padding in (0, 1):
     print(lab.cmp(name, got[where], want[where], atol=1e-12))
 border = (got - want).abs()
 border[inside] = 0
-_ = evidence.claim("padding=1: outputs at the border differ by more than 0.01",
+evidence.claim("padding=1: outputs at the border differ by more than 0.01",
                    border.max().item(), ">", 0.01)
 
 # %% [markdown]
@@ -355,7 +355,7 @@ zeros = {p: evidence.estimate([(v == 0).float().mean().item() for v in values])
          for p, values in seen.items()}
 evidence.claim("before the ReLU, under a sixth of the values are exactly 0",
                zeros["before ReLU"], "<", 1 / 6)
-_ = evidence.claim("after the ReLU, over a fifth are", zeros["after ReLU"], ">", 0.2)
+evidence.claim("after the ReLU, over a fifth are", zeros["after ReLU"], ">", 0.2)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Values entering the first BatchNorm of the five trained networks of each placement, on 256 training digits: with the norm before the ReLU, the convolution's output; with the norm after it, the ReLU's output.", "name": "fig-12-placement-inputs"}, "image": {"alt": "Two histograms. Left, the convolution's output: positive and negative values, with a spike at zero from the blank background of the digits. Right, the ReLU's output: no negative values and a taller spike of exact zeros."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), sharey=True)
@@ -384,7 +384,7 @@ fig.tight_layout()
 # %%
 before = placement.estimate("value", placement="before ReLU")
 after = placement.estimate("value", placement="after ReLU")
-_ = evidence.claim("neither placement beats the other by 2 points of accuracy or more",
+evidence.claim("neither placement beats the other by 2 points of accuracy or more",
                    before, "≈", after, margin=0.02, unit=100)
 
 # %% [markdown]

@@ -251,7 +251,7 @@ evidence.claim("eager RMSNorm's forward is within 1.3x of torch's at every width
 evidence.claim("compiled LayerNorm's forward is within 1.2x of torch at every width",
                max(ratios("layer_norm", "normlib-compiled", "forward")), "<", GOAL)
 dropout = [r["fraction_of_copy"] for r in cpu["results"] if r["op"] == "dropout"]
-_ = evidence.claim("every dropout reaches under a tenth of the copy bandwidth",
+evidence.claim("every dropout reaches under a tenth of the copy bandwidth",
                    max(dropout), "<", 0.1)
 
 # %% [markdown]

@@ -95,16 +95,16 @@ W_big = (alpha * W.detach()).requires_grad_()
 loss, loss_big = bn_layer_loss(W, x, y, head), bn_layer_loss(W_big, x, y, head)
 (g,) = torch.autograd.grad(loss, W)
 (g_big,) = torch.autograd.grad(loss_big, W_big)
-print(lab.within("L(3w) = L(w)", loss_big, loss, atol=1e-12))
+print(lab.cmp("L(3w) = L(w)", loss_big, loss, atol=1e-12))
 print(
-    lab.within(
+    lab.cmp(
         "w_k . grad_k = 0",
         (W * g).sum(1),
         torch.zeros(8, dtype=torch.float64),
         atol=1e-12,
     )
 )
-print(lab.within("grad L(3w) = grad L(w) / 3", g_big, g / alpha, atol=1e-12))
+print(lab.cmp("grad L(3w) = grad L(w) / 3", g_big, g / alpha, atol=1e-12))
 
 # %% [markdown]
 # The effective learning rate, checked the same way: one step from $\alpha w$ with learning rate
@@ -116,10 +116,10 @@ eta = 0.1
 W_step = W.detach() - eta * g
 W_big_step = W_big.detach() - alpha**2 * eta * g_big
 print(
-    lab.within("step from 3w = 3 * step from w", W_big_step, alpha * W_step, atol=1e-12)
+    lab.cmp("step from 3w = 3 * step from w", W_big_step, alpha * W_step, atol=1e-12)
 )
 print(
-    lab.within(
+    lab.cmp(
         "same loss after the step",
         bn_layer_loss(W_big_step, x, y, head),
         bn_layer_loss(W_step, x, y, head),

@@ -101,12 +101,12 @@ for name, module in MODULES.items():
     (grad,) = torch.autograd.grad(out.sum(), z)
     zn = z.detach().numpy()
     print(
-        lab.within(
+        lab.cmp(
             f"{name}, torch formula", TORCH_FORMULAS[name](z.detach()), out, atol=1e-12
         )
     )
-    print(lab.within(f"{name}, NumPy", f(zn), out, atol=1e-12))
-    print(lab.within(f"{name}, NumPy f'", df(zn), grad, atol=1e-12))
+    print(lab.cmp(f"{name}, NumPy", f(zn), out, atol=1e-12))
+    print(lab.cmp(f"{name}, NumPy f'", df(zn), grad, atol=1e-12))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The activations (left) and their derivatives (right), from the NumPy formulas.", "name": "fig-16-activations"}, "image": {"alt": "Two line plots over z from -4 to 4. Left: ReLU and its leaky variants are straight lines bent at zero; sigmoid rises from 0 to 1 and tanh from -1 to 1; SiLU and GELU follow ReLU for large z but dip slightly below zero for negative z. Right: the derivatives; the sigmoid's peaks at one quarter at zero, tanh's at one, and SiLU's and GELU's overshoot one before settling."}}
 zs = np.linspace(-4, 4, 801)
@@ -143,10 +143,10 @@ for name, ours, back, theirs in (
 ):
     y = theirs(x, 2)
     (dx,) = torch.autograd.grad(y, x, dy)
-    print(lab.within(f"{name}", ours(xn, 2), y, atol=1e-12))
-    print(lab.within(f"{name}, gradient", back(dyn, xn, 2), dx, atol=1e-12))
+    print(lab.cmp(f"{name}", ours(xn, 2), y, atol=1e-12))
+    print(lab.cmp(f"{name}, gradient", back(dyn, xn, 2), dx, atol=1e-12))
 print(
-    lab.within(
+    lab.cmp(
         "global avg pool",
         A.global_avg_pool2d(xn),
         F.adaptive_avg_pool2d(x, 1).flatten(1),
@@ -591,7 +591,7 @@ g, b = (
     torch.randn(1, 3, 1, 1, dtype=torch.float64),
 )
 print(
-    lab.within(
+    lab.cmp(
         "pool(g x + b) = g pool(x) + b",
         F.max_pool2d(g * x + b, 2),
         g * F.max_pool2d(x, 2) + b,
@@ -646,7 +646,7 @@ for pad in (0, 1):
     with torch.no_grad():
         want, got = conv(bn(x)), fold_into_next(bn, conv)(x)
     if pad == 0:
-        print(lab.within("fold forward, padding=0", got, want, atol=1e-12))
+        print(lab.cmp("fold forward, padding=0", got, want, atol=1e-12))
     else:
         print(
             f"{'fold forward, padding=1':<28} "
@@ -654,7 +654,7 @@ for pad in (0, 1):
         )
         inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
         print(
-            lab.within(
+            lab.cmp(
                 "  ... away from the border", got[inner], want[inner], atol=1e-12
             )
         )
@@ -670,7 +670,7 @@ with torch.no_grad():
     bn16.running_var.uniform_(0.5, 2)
     want = bn16(conv(x))
     got = fold_batchnorm(conv, bn16)(x)
-print(lab.within("fold backward (conv -> BN)", got, want, atol=1e-12))
+print(lab.cmp("fold backward (conv -> BN)", got, want, atol=1e-12))
 
 # %% [markdown]
 # So the placements are not equal at deployment: "before" always folds away; "after" folds only into

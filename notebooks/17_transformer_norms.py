@@ -159,7 +159,7 @@ evidence.claim("post-LN: the last layer's gradient is larger than the first's",
                ratio["post-LN"], ">", 1.0, margin=0.2)
 evidence.claim("pre-LN: the last layer's gradient is no larger than 1.2 x the first's",
                ratio["pre-LN"], "<", 1.2)
-_ = evidence.claim("post-LN's last-to-first ratio exceeds pre-LN's by > 0.5",
+evidence.claim("post-LN's last-to-first ratio exceeds pre-LN's by > 0.5",
                    ratio["post-LN"], ">", ratio["pre-LN"], margin=0.5)
 
 # %% [markdown]
@@ -256,7 +256,7 @@ evidence.claim("lr 0.1: post-LN stays below 10%, with and without warm-up",
 evidence.claim("lr 0.1, with warm-up: pre-LN beats post-LN by > 20 points",
                acc("pre-LN + warm-up", 0.1), ">", acc("post-LN + warm-up", 0.1),
                margin=0.2, unit=100)
-_ = evidence.claim("lr 0.1: warm-up raises pre-LN by > 10 points",
+evidence.claim("lr 0.1: warm-up raises pre-LN by > 10 points",
                    warmup_gain("pre", 0.1), ">", 0.1, unit=100)
 
 # %% [markdown]
@@ -298,7 +298,7 @@ def growth(placement):  # per seed: RMS after the last block / after the embeddi
 
 evidence.claim("trained pre-LN: the stream leaves the stack > 2x larger than it enters",
                growth("pre"), ">", 2.0)
-_ = evidence.claim("that growth factor exceeds post-LN's by more than 1",
+evidence.claim("that growth factor exceeds post-LN's by more than 1",
                    growth("pre"), ">", growth("post"), margin=1.0)
 
 # %% [markdown]
@@ -317,7 +317,7 @@ _ = evidence.claim("that growth factor exceeds post-LN's by more than 1",
 rms_runs = evidence.sweep(lambda seed: run(seed, "pre", 0.01, 50, norm="rms"),
                           seeds=SEEDS, desc="pre-RMSNorm")
 rms_acc, ln_acc = rms_runs.estimate("test_acc"), acc("pre-LN + warm-up", 0.01)
-_ = evidence.claim("RMSNorm and LayerNorm end within 3 points of each other",
+evidence.claim("RMSNorm and LayerNorm end within 3 points of each other",
                    rms_acc, "≈", ln_acc, margin=0.03, unit=100)
 
 # %% tags=["nbval-ignore-output"]
@@ -343,7 +343,7 @@ evidence.claim("lr 0.1 with warm-up: every run without a norm diverges",
                none_runs.estimate("diverged", lr=0.1), "≈", 1.0)
 evidence.claim("lr 0.1 with warm-up: pre-LN beats no norm by > 20 points",
                acc("pre-LN + warm-up", 0.1), ">", none_acc[0.1], margin=0.2, unit=100)
-_ = evidence.claim("lr 0.01 with warm-up: no norm is within 5 points of pre-LN",
+evidence.claim("lr 0.01 with warm-up: no norm is within 5 points of pre-LN",
                    none_acc[0.01], "≈", acc("pre-LN + warm-up", 0.01), margin=0.05,
                    unit=100)
 

@@ -199,7 +199,7 @@ evidence.claim("E[x^2] - E[x]^2 in float32 is off by > 100% at mu/sigma = 1000",
 careful = list(ALGORITHMS)[1:]  # all but E[x^2] - E[x]^2
 evidence.claim("two-pass and Welford stay below 1e-3 at every offset up to 10^4",
                max(offset_err[a, o] for a in careful for o in OFFSETS), "<", 1e-3)
-_ = evidence.claim("normlib's moments stay below 1e-6 at every offset",
+evidence.claim("normlib's moments stay below 1e-6 at every offset",
                    max(normlib_err.values()), "<", 1e-6)
 
 # %% [markdown]
@@ -255,7 +255,7 @@ evidence.claim("summed in float16, every sequential algorithm is off by > 1%",
 evidence.claim("summed in float32, every algorithm is within 1e-4 for both inputs",
                max(half_err[a, d, f32] for a in ALGORITHMS for d in (f16, bf16)), "<",
                1e-4)
-_ = evidence.claim("in 16 bits, 16 merged chunks beat one sequential two-pass by > 5x",
+evidence.claim("in 16 bits, 16 merged chunks beat one sequential two-pass by > 5x",
                    max(half_err["Welford, 16 chunks", d, d] / half_err["two-pass", d, d]
                        for d in (f16, bf16)), "<", 0.2)
 
@@ -335,7 +335,7 @@ measured = {label: [output_rms(r, eps) for r in RMS_IN]
             for label, eps in (("eps=None", None), ("bfloat16's eps", bf16_eps))}
 evidence.claim("eps=None: an input of RMS 0.01 comes out within 1% of RMS 1",
                measured["eps=None"][0], "≈", 1.0, margin=0.01)
-_ = evidence.claim("bfloat16's eps would shrink an input of RMS 0.1 to below 0.8",
+evidence.claim("bfloat16's eps would shrink an input of RMS 0.1 to below 0.8",
                    measured["bfloat16's eps"][2], "<", 0.8)
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "RMS of RMSNorm's output against the RMS of its bfloat16 input, for three choices of eps: curves from the formula, markers measured with normlib.", "name": "fig-18-eps"}, "image": {"alt": "Log-scale x axis of input RMS from 0.001 to 3. With float32's eps the output RMS stays at 1 down to the smallest inputs shown; with float16's eps it falls well below 1 for inputs of a few hundredths; with bfloat16's eps it already falls for inputs of a few tenths. Measured markers sit on the float32 curve for eps None and on the bfloat16 curve for bfloat16's eps."}}
@@ -475,7 +475,7 @@ evidence.claim("16 bits: torch's GN, LN and RMSNorm are within 1.25x of rounding
                torch_worst, "<", 1.25)
 ratio = min(layer_err[x, d, "torch"] / layer_err[x, d, "normlib"]
             for x in ("BatchNorm2d", "InstanceNorm2d") for d in half)
-_ = evidence.claim("16 bits, CPU: torch's BN and IN are > 1.5x further than normlib's",
+evidence.claim("16 bits, CPU: torch's BN and IN are > 1.5x further than normlib's",
                    ratio, ">", 1.5)
 
 # %% [markdown]

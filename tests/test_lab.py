@@ -60,9 +60,11 @@ def test_runs_table_and_plot():
 
 def test_claim_holds_prints_one_stable_line_and_raises_with_numbers(capsys):
     a, b = evidence.estimate([0.80, 0.82, 0.81]), evidence.estimate([0.30, 0.35, 0.32])
-    line = evidence.claim("GN beats BN at 2 samples per statistic", a, ">", b, margin=0.10)
-    assert line == "✓ GN beats BN at 2 samples per statistic (means over 3 runs)"
+    assert evidence.claim("GN beats BN at 2 samples per statistic", a, ">", b, margin=0.10) is None
+    line = "✓ GN beats BN at 2 samples per statistic (means over 3 runs)"
     assert capsys.readouterr().out.strip() == line
+    assert evidence.claim("GN beats BN at 2 samples per statistic", a, ">", b, margin=0.10, quiet=True) == line
+    assert capsys.readouterr().out == ""
     assert evidence.claim("BN is worse", b, "<", a, margin=0.4, quiet=True).startswith("✓")
     assert evidence.claim("about equal", a, "≈", 0.8, margin=0.02, quiet=True)
     with pytest.raises(evidence.ClaimError, match=r"(?s)claim does not hold: GN beats BN by 60.*difference 48\.67"):

@@ -17,6 +17,6 @@ Needs what the lessons need beyond normlib (matplotlib, scikit-learn, tqdm): ``p
 """
 
 from normlib.lab import evidence
-from normlib.lab.utils import cmp, seed_everything, setup, within
+from normlib.lab.utils import cmp, seed_everything, setup
 
-__all__ = ["cmp", "evidence", "seed_everything", "setup", "within"]
+__all__ = ["cmp", "evidence", "seed_everything", "setup"]

@@ -199,8 +199,8 @@ _OPS = {">": "exceeds", "<": "is below", "≈": "is within"}
 
 
 def claim(statement: str, left: Estimate | float, op: str, right: Estimate | float = 0.0, *, margin: float = 0.0,
-          sigmas: float = 0.0, unit: float = 1.0, quiet: bool = False) -> str:
-    r"""Check a lesson's statement against the runs; return (and print) one stable line, or raise.
+          sigmas: float = 0.0, unit: float = 1.0, quiet: bool = False) -> str | None:
+    r"""Check a lesson's statement against the runs: print one stable line (or, with ``quiet``, return it), or raise.
 
     - ``op=">"``: holds when ``mean(left) - mean(right) > margin``;
     - ``op="<"``: holds when ``mean(right) - mean(left) > margin``;
@@ -233,6 +233,7 @@ def claim(statement: str, left: Estimate | float, op: str, right: Estimate | flo
             f"claim does not hold: {statement}\n  left:  {a.scaled(unit)}\n  right: {b.scaled(unit)}\n"
             f"  measured difference {diff * unit:.4g} (s.e. {se * unit:.3g}); needed {needed}")
     line = f"✓ {statement}{over}"
-    if not quiet:
-        print(line)
-    return line
+    if quiet:
+        return line
+    print(line)  # and return nothing, so a claim that ends a notebook cell is not echoed a second time
+    return None

@@ -40,17 +40,21 @@ def setup(seed: int = 0, threads: int = 1) -> None:
 
 
 def cmp(name: str, got, want, atol: float = 1e-6) -> str:
-    """One line comparing ``got`` with ``want``: exact, close (within ``atol``), or the max difference.
+    """One line saying whether ``got`` equals ``want``: within ``atol``, or exactly when ``atol=0``.
 
-    Printing "close" rather than the difference itself keeps a lesson's output the same on every
-    machine, where the last bits of a float32 sum may differ.
+    With ``atol > 0`` the line says ``agree (max |diff| <= atol)`` whether the two are bit-identical or only
+    close: where two computations take different rounding paths, one CPU (or ATen kernel set) may give
+    identical bits and another a last-bit difference, and a lesson's printed line must not depend on which.
+    ``atol=0`` claims bit-identity (the same random mask, the same integer result) and says ``exact``.
+    Either way a failure prints ``DIFFERENT`` with the largest difference.
     """
     got, want = _as_tensor(got), _as_tensor(want)
     if got.shape != want.shape:
         return f"{name:<28} SHAPE {tuple(got.shape)} != {tuple(want.shape)}"
     diff = (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
-    verdict = "exact" if diff == 0 else f"close (max |diff| <= {atol:g})" if diff <= atol else f"DIFFERENT ({diff:.3g})"
-    return f"{name:<28} {verdict}"
+    if diff > atol or diff != diff:
+        return f"{name:<28} DIFFERENT ({diff:.3g})"
+    return f"{name:<28} " + ("exact" if atol == 0 else f"agree (max |diff| <= {atol:g})")
 
 
 def _as_tensor(a) -> torch.Tensor:
