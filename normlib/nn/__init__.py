@@ -14,7 +14,7 @@ This is the one list of the places where normlib knowingly behaves otherwise.
 - **Empty input where torch fails or corrupts state.** A BatchNorm with zero channels returns the empty output
   (torch raises ``IndexError: select(): index 0 out of range``). An InstanceNorm with
   ``track_running_stats=True`` leaves its running statistics alone on an empty batch (torch writes NaN into
-  them). Empty input never updates running statistics.
+  them). Empty input never changes running means and variances.
 - **Constant rows and channels are exact for every norm.** Statistics are taken over the data shifted by each
   set's first element, so a set of equal values normalizes to exactly 0 (output exactly ``beta``, weight
   gradient exactly 0). torch is exact for LayerNorm and GroupNorm but leaves about 1e-6 for BatchNorm and
@@ -25,7 +25,8 @@ This is the one list of the places where normlib knowingly behaves otherwise.
   some of those mixes. RMSNorm accepts any mix, as torch does, but without torch's warning that it "cannot
   dispatch to fused implementation".
 - **SyncBatchNorm runs on CPUs** (gloo) as well as GPUs; torch's raises ``ValueError`` for CPU tensors in a
-  process group. Its second derivative raises (``once_differentiable``) instead of being computed.
+  process group. While it synchronises, its second derivative raises (``once_differentiable``) instead of
+  being computed; outside a process group it is BatchNorm, twice differentiable.
 - **Dropout modules also take a** ``generator`` **keyword**, to draw their masks from a ``torch.Generator``.
   With the same global seed the masks equal torch's, except under the ``triton`` backend, whose kernel draws
   its mask from a seed (Philox), so the masks differ while their law is the same.
