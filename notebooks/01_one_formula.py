@@ -43,6 +43,20 @@
 # This lesson draws the four sets, builds each norm in NumPy as nothing more than a choice of axes,
 # checks every one against `torch.nn`, and counts what each layer learns.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import numpy as np
 import torch

@@ -30,6 +30,20 @@
 # LeNet {cite}`lecun1998gradient` of one of the source articles with and without BatchNorm, over
 # several seeds, to see what BatchNorm changes in training.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
@@ -208,7 +222,7 @@ for momentum, (means, variances) in trace.items():
     print(f"momentum={str(momentum):<9}{means[-1]:>13.2f}{variances[-1]:>13.2f}")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Running estimates of BatchNorm after each batch of 8 values, for three settings of momentum; dashed lines: the true mean and variance.", "name": "fig-02-running"}, "image": {"alt": "Two line plots against the batch index. Running mean and running variance approach the true values 3 and 4; momentum 0.5 jumps around them, 0.1 approaches more slowly and smoothly, None settles on the average of all batches."}}
-fig, (ax_m, ax_v) = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, (ax_m, ax_v) = plt.subplots(1, 2, figsize=(7, 3.5))
 for momentum, (means, variances) in trace.items():
     ax_m.plot(means, label=f"momentum={momentum}")
     ax_v.plot(variances, label=f"momentum={momentum}")
@@ -298,7 +312,7 @@ print(runs.table("acc", rows="norm", cols="lr", scale=100))
 precise = [{**r, "norm": "BatchNorm, PreciseBN", "acc_1": r["acc_1_recal"]}
            for r in runs.select(norm="BatchNorm").records]
 with_control = evidence.Runs(runs.records + precise)
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharey=True)
 panels = {"acc_1": "after 1 epoch", "acc": f"after {EPOCHS} epochs"}
 for ax, (metric, title) in zip(axes, panels.items(), strict=True):
     shown = with_control if metric == "acc_1" else runs

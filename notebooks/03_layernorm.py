@@ -30,6 +30,20 @@
 # This lesson builds it in NumPy and in torch, checks it against `torch.nn.LayerNorm`, then tests a
 # claim of the source articles about recurrent networks with an experiment, and times it.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np

@@ -28,6 +28,20 @@
 # against `torch.nn.InstanceNorm2d`, looks at what it removes from photos, then measures what that
 # removal costs, and buys, in an image classifier.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
@@ -130,7 +144,7 @@ for name, m, s in zip(("temple", "flower"), mean, std, strict=True):
 inorm = N.InstanceNorm2d(3)
 normalized = inorm(photos)
 shown = (0.5 + 0.2 * normalized).clamp(0, 1)
-fig, axes = plt.subplots(2, 2, figsize=(9, 5.6))
+fig, axes = plt.subplots(2, 2, figsize=(7, 5.6))
 for i, name in enumerate(("temple", "flower")):
     axes[i, 0].imshow(photos[i].permute(1, 2, 0))
     axes[i, 0].set_title(f"{name}: original")
@@ -171,7 +185,7 @@ style_std = style.std((2, 3), keepdim=True)
 style_mean = style.mean((2, 3), keepdim=True)
 restyled = N.InstanceNorm2d(3)(content) * style_std + style_mean
 titles = ("content (temple)", "style (flower)", "temple, flower's statistics")
-fig, axes = plt.subplots(1, 3, figsize=(11, 2.9))
+fig, axes = plt.subplots(1, 3, figsize=(7, 3.2))
 images = (content, style, restyled.clamp(0, 1))
 for ax, img, title in zip(axes, images, titles, strict=True):
     ax.imshow(img[0].permute(1, 2, 0))
@@ -253,7 +267,7 @@ print(evidence.table(["norm", "test images", "at half contrast", "drop"],
 by_test = evidence.Runs([{"norm": r["norm"], "seed": r["seed"], "test images": t,
                           "acc": r[k]} for r in runs.records
                          for t, k in (("original", "acc"), ("half contrast", "faded"))])
-fig = plt.figure(figsize=(9, 3.4))
+fig = plt.figure(figsize=(7, 3.7))
 examples = ((x_test[0], "original"), (x_faded[0], "half contrast"))
 for i, (img, title) in enumerate(examples):
     ax = fig.add_subplot(2, 4, 4 * i + 1)

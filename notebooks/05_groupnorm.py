@@ -31,6 +31,20 @@
 # LayerNorm and InstanceNorm, measures what the number of groups changes in a small CNN, and times
 # it.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,7 +65,7 @@ lab.setup()
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The groups of GroupNorm for one sample with 16 channels, for four numbers of groups G. Each colour is one set of values that share a mean and a variance.", "name": "fig-05-groups"}, "image": {"alt": "Four panels of 16 rows (channels) by 12 columns (positions). With G = 1 the whole panel is one colour; with G = 2 the top and bottom halves differ; with G = 4 there are four horizontal bands of four channels; with G = 16 every row has its own colour."}}
 C_DEMO, POSITIONS = 16, 12
-fig, axes = plt.subplots(1, 4, figsize=(10, 3.2), sharey=True)
+fig, axes = plt.subplots(1, 4, figsize=(7, 3.5), sharey=True)
 for ax, groups in zip(axes, (1, 2, 4, 16), strict=True):
     group_of = np.repeat(np.arange(C_DEMO)[:, None] // (C_DEMO // groups), POSITIONS, 1)
     ax.imshow(group_of % 20, cmap="tab20", vmin=0, vmax=19, aspect="auto",

@@ -47,6 +47,20 @@
 # at all, and the layer would lose BatchNorm's normalizing effect on the gradient. Treated as
 # constants, they only shift and scale the normalized activations.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import functools
 
@@ -227,7 +241,7 @@ print(f"d_max reaches 5 at step {SCHEDULE['d_ramp_end']}")
 print(f"r_max reaches 3 at step {SCHEDULE['r_ramp_end']}")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The Batch Renorm schedule of the paper (left) and the same shape compressed to our one-epoch runs (right): plain BatchNorm at first, then r_max rises to 3 and d_max to 5.", "name": "fig-07-schedule"}, "image": {"alt": "Two line charts of r_max and d_max against the training step. Left, the paper's schedule over 50,000 steps: both flat (r_max 1, d_max 0) for 5,000 steps, then d_max rises to 5 at 25,000 and r_max to 3 at 40,000. Right, the same shape over one epoch of our run, reaching the final values halfway through."}}
-fig, axes = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.1), sharey=True)
 panels = (("the paper", 50_000, {}), ("our runs", STEPS, SCHEDULE))
 for ax, (title, end, schedule) in zip(axes, panels, strict=True):
     steps = torch.linspace(0, end, 201).round().int().tolist()
@@ -311,7 +325,7 @@ print("\ntraining accuracy (%)")
 print(runs.table("train_acc", rows="norm", cols="setting", scale=100))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Test accuracy (eval mode, left) and training accuracy (train mode, right) of BatchNorm, Batch Renorm and GroupNorm when the batch statistics come from the whole batch of 32, from random pairs, or from same-class pairs; mean and standard error over the seeds.", "name": "fig-07-results"}, "image": {"alt": "Two panels of points with error bars for BN, BRN and GN at three settings: iid 32, iid 2 and pairs 2. GN is flat across the settings. BN falls steeply from iid 32 to iid 2 and further with same-class pairs. BRN falls less than BN but stays below GN at 2 samples per statistic."}}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharey=True)
 panels = (("test_acc", "test (eval mode)"), ("train_acc", "training (train mode)"))
 for ax, (metric, title) in zip(axes, panels, strict=True):
     runs.plot(metric, x="setting", series="norm", ax=ax, scale=100)

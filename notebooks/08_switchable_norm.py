@@ -39,6 +39,20 @@
 # algebraically equal but subtracts two large numbers; normlib uses the form above.) In evaluation the BN
 # part uses running statistics, like BatchNorm.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import torch
@@ -210,7 +224,7 @@ for factor in (10, 1):
     print(evidence.table(["layer, stat"] + [f"g={g}" for g in GS], rows), "\n")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "BN's importance weight after one epoch against the number of samples per batch statistic, for the mean (left) and the variance (right), per layer; importance logits at 10 times the learning rate. Dotted lines mark the starting values, 1/3 for the convolutions and 1/2 for the fully connected layer.", "name": "fig-08-share"}, "image": {"alt": "Two panels with BN's share on the vertical axis and samples per statistic (2, 8, 32, log scale) on the horizontal axis, one line with error bars per layer. The fully connected layer's line rises steeply from near zero at 2 samples to near its maximum at 32. The two convolution lines stay in a band around their starting value and do not fall at small groups."}}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharey=True)
 sub = runs.select(factor=10)
 for ax, stat in zip(axes, ("mean", "var"), strict=True):
     for i, layer in enumerate(LAYERS):

@@ -36,6 +36,20 @@
 # This lesson builds the whole Dropout family of `torch.nn` in `normlib` (bit for bit the same masks
 # as torch under the same seed), then shows with experiments what dropout does and where it goes wrong.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import torch
@@ -212,7 +226,7 @@ for name, layer in dropouts.items():
     print(f"{name:<18}{round(means[-1], 2) + 0.0:>+6.2f}{stds[-1]:>6.2f}")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Mean and standard deviation of the activations after each layer of a 32-layer SELU network in training mode, with no dropout, Dropout and AlphaDropout after every activation.", "name": "fig-10-selu"}, "image": {"alt": "Two line plots against depth. Without dropout and with AlphaDropout the mean stays at 0 and the standard deviation at 1; with ordinary Dropout the standard deviation climbs above 1 and the mean drifts above 0."}}
-fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, (ax_m, ax_s) = plt.subplots(1, 2, figsize=(7, 3.5))
 for name, (means, stds) in stats.items():
     ax_m.plot(range(1, depth + 1), means, label=name)
     ax_s.plot(range(1, depth + 1), stds, label=name)
@@ -348,7 +362,7 @@ print(f"after {EPOCHS} epochs, mean ± s.e. over {len(SEEDS)} seeds")
 print(evidence.table(["p", *columns], rows))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "An MLP on 1,000 Fashion-MNIST images with dropout p after each hidden layer. Left: training loss (dashed) and test loss (solid) per epoch, mean and ± s.e. band over 5 seeds. Right: final test accuracy (mean ± s.e.).", "name": "fig-10-overfit"}, "image": {"alt": "Left: loss curves on a log scale; without dropout the training loss falls towards zero and the test loss rises after an early minimum; with dropout the training loss stays higher and the test loss ends lower. Right: final test accuracy against p, nearly flat."}}
-fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6), width_ratios=(2, 1))
+fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(7, 4), width_ratios=(2, 1))
 epochs = range(1, EPOCHS + 1)
 for i, p in enumerate(P_VALUES):
     for key, style in (("loss", "--"), ("test_loss", "-")):

@@ -37,6 +37,20 @@
 # CPUs (as in this lesson: a few processes on this machine) and with NCCL on GPUs. PyTorch's own
 # `torch.nn.SyncBatchNorm` supports only GPUs.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import matplotlib.pyplot as plt
 import torch
@@ -102,7 +116,7 @@ for quantity in QUANTITIES:
 # Step by step, the largest difference from the single process:
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Largest absolute difference from one process training on the whole batch, after each SGD step, for the parameters and the running variances (float64, log scale). The dotted line is the tolerance of the check above.", "name": "fig-13-step-by-step"}, "image": {"alt": "Two line plots on a logarithmic axis against the training step. In both, the per-process BatchNorm line starts far above the tolerance line and stays there, while the SyncBatchNorm line stays far below it, at the level of float64 rounding."}}
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.5), sharey=True)
 steps = range(1, STEPS + 1)
 for ax, quantity in zip(axes, ("parameters", "running variances"), strict=True):
     for variant in ("SyncBatchNorm", "per-process BatchNorm"):

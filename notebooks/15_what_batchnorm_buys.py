@@ -23,6 +23,20 @@
 # depends on $\lVert w\rVert$, and a role for weight decay that has nothing to do with regularisation
 # {cite}`vanlaarhoven2017l2,li2020exponential`.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import math
 
@@ -227,7 +241,7 @@ def band(ax, curves, label, scale=1.0):
     )
 
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+fig, (left, right) = plt.subplots(1, 2, figsize=(7, 4))
 for wd in decay.values_of("weight_decay"):
     curves = [r["sq_norm"] for r in decay.select(weight_decay=wd).records]
     band(left, curves, f"weight decay {wd:g}")
@@ -340,7 +354,7 @@ print(by_init.table("steps", "norm", "init_scale", fmt=".0f"))
 
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Steps to 90% test accuracy on the digits against the learning rate (left) and against a factor on the initial weights (right), with and without BatchNorm (mean ± s.e. over 3 seeds; dashed: the cap, for runs that never reach 90%).", "name": "fig-15-lr-init"}, "image": {"alt": "Two plots of steps to 90 percent accuracy on log-scaled x axes. Left, against the learning rate: without BatchNorm the curve is at the cap except near the middle of the range; with BatchNorm it is low everywhere. Right, against the initial weight scale: without BatchNorm small initial weights stay at the cap and larger ones come down; with BatchNorm the curve is low and flat."}}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 4), sharey=True)
 by_lr.plot("steps", x="lr", series="norm", ax=axes[0])
 by_init.plot("steps", x="init_scale", series="norm", ax=axes[1])
 for ax, label, ticks in zip(
@@ -528,7 +542,7 @@ print(noisy.table("test_acc", "norm", "lr", scale=100))
 
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Along the gradient, over training at learning rate 0.1: the range of the loss (left) and the largest change of the gradient (right) over step sizes from a quarter of the learning rate to four times it, with and without BatchNorm (mean ± s.e. over 3 seeds, shaded).", "name": "fig-15-landscape"}, "image": {"alt": "Two line plots against the training step, log-scaled y axes. At the first measurements the network without BatchNorm changes less along a step than the one with it: it sits on a plateau where its gradient is tiny. Later its curves rise above those of the BatchNorm network, by orders of magnitude at times, and stay above to the end."}}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(7, 4))
 for norm in smooth.values_of("norm"):
     runs = smooth.select(norm=norm).records
     for ax, key in zip(axes, ("loss_change", "grad_change"), strict=True):
@@ -687,7 +701,7 @@ print(
 )
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Four networks on 1,000 Fashion-MNIST images: the gap between training-batch and test accuracy (left) and the test loss (right) (mean ± s.e. over 3 seeds).", "name": "fig-15-regular"}, "image": {"alt": "Two bar charts with error bars for plain, Dropout, BN, and BN plus Dropout. The BN network has the largest gap between training and test accuracy and the highest test loss; adding Dropout to it lowers both."}}
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.7))
 for ax, (key, label, scale) in zip(
     axes,
     (("gap", "train - test accuracy (points)", 100), ("test_loss", "test loss", 1)),

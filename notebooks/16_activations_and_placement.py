@@ -21,6 +21,20 @@
 # - BatchNorm belongs after the linear layer and before the activation, because "the output of a ReLU
 #   is not Gaussian".
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import inspect
 
@@ -110,7 +124,7 @@ for name, module in MODULES.items():
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The activations (left) and their derivatives (right), from the NumPy formulas.", "name": "fig-16-activations"}, "image": {"alt": "Two line plots over z from -4 to 4. Left: ReLU and its leaky variants are straight lines bent at zero; sigmoid rises from 0 to 1 and tanh from -1 to 1; SiLU and GELU follow ReLU for large z but dip slightly below zero for negative z. Right: the derivatives; the sigmoid's peaks at one quarter at zero, tanh's at one, and SiLU's and GELU's overshoot one before settling."}}
 zs = np.linspace(-4, 4, 801)
-fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
 for name, (f, df) in A.ACTIVATIONS.items():
     style = {"ls": "--"} if name in ("PReLU", "GELU (tanh)") else {}
     left.plot(zs, f(zs), label=name, **style)
@@ -288,7 +302,7 @@ def mean_sem(curves):
     return a.mean(0), a.std(0, ddof=1) / np.sqrt(len(a))
 
 
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.8), sharey=True)
 for act, norm, scale in [c for c in CASES if c[2] == 1.0]:
     runs = saturation.select(act=act, norm=norm, scale=scale).records
     for ax, key in zip(axes, ("grad_init", "grad_end"), strict=True):
@@ -310,7 +324,7 @@ fig.tight_layout()
 plt.show()
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Pre-activations of each hidden layer of the sigmoid network at initialisation, for initial scales 1 and 8, with and without BatchNorm (one seed); shaded: the flat region of the sigmoid, |z| > 3.", "name": "fig-16-preact"}, "image": {"alt": "Four panels of box plots of pre-activation values per layer. Without BatchNorm at scale 1 the values are narrow around zero; at scale 8 they spread far into the shaded flat region of the sigmoid. With BatchNorm both scales give the same unit-spread boxes, inside the sensitive region."}}
-fig, axes = plt.subplots(1, 4, figsize=(10, 3.4), sharey=True)
+fig, axes = plt.subplots(1, 4, figsize=(7, 3.7), sharey=True)
 for ax, (norm, scale) in zip(
     axes, [("none", 1.0), ("none", 8.0), ("BN", 1.0), ("BN", 8.0)], strict=True
 ):
@@ -515,7 +529,7 @@ print(
 )
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "LeNet on 4,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling: test accuracy after 2 epochs (left, mean ± s.e. over 3 seeds) and the distribution of the second convolution's input at initialisation (right, one seed).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements with error bars; the three are close together. Right: histograms of the values entering the second convolution; with BatchNorm before the ReLU the values are non-negative with a large spike at zero, with BatchNorm after the ReLU or after the pooling they are shifted to straddle zero."}}
-fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+fig, (left, right) = plt.subplots(1, 2, figsize=(7, 4))
 placed.plot("test_acc", x="placement", ax=left, scale=100, ls="none", label="LeNet")
 left.set(xlabel="BatchNorm placement", ylabel="test accuracy (%)")
 for p in PLACEMENTS:

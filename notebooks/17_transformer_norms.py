@@ -49,6 +49,20 @@
 # is a counterexample at scale; the end of the lesson puts the question to our small Transformer,
 # with a control that has no norm at all.
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import inspect
 
@@ -209,7 +223,7 @@ runs = evidence.Runs([r | {"arm": ARMS[r["placement"], r["warmup"]]}
 print(runs.table("test_acc", rows="arm", cols="lr", scale=100))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Left: training loss at peak learning rate 0.01 for each placement, with and without warm-up (mean ± s.e. over 3 seeds). Right: test accuracy after 200 steps at the two peak learning rates.", "name": "fig-17-warmup"}, "image": {"alt": "Two panels. Left: four training-loss curves over 200 steps; three fall steadily while post-LN without warm-up stays high. Right: test accuracy at learning rates 0.01 and 0.1 for the four arms; every post-LN arm is near zero at 0.1 and post-LN without warm-up is low at 0.01 too, while pre-LN learns at 0.01 with or without warm-up and keeps learning at 0.1 with warm-up."}}
-fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(7, 4))
 for arm in ARMS.values():
     curves = np.array([r["curve"] for r in runs.select(arm=arm, lr=0.01).records])
     mean = curves.mean(0)

@@ -26,6 +26,20 @@
 # \operatorname{fl}(a \circ b) = (a \circ b)(1 + \delta), \qquad |\delta| \le u = \epsilon / 2 .
 # $$
 
+# %% tags=["remove-cell"]
+# Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+# Where pip gets normlib: set by tools/lesson_header.py and in the site's downloads.
+NORMLIB = None
+if importlib.util.find_spec("normlib") is None:
+    if NORMLIB is None:
+        raise ModuleNotFoundError("normlib: pip install it from the book's repository")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", NORMLIB], check=True)
+    importlib.invalidate_caches()
+
 # %%
 import inspect
 import math
@@ -450,7 +464,7 @@ for dtype in DTYPES:
                           for layer in LAYERS]))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Largest error of each layer's output against float64, in units of the dtype's eps, for normlib and torch, beside the error of rounding the float64 result itself (training mode, CPU). BN: BatchNorm2d, IN: InstanceNorm2d, GN: GroupNorm, LN: LayerNorm, RMS: RMSNorm.", "name": "fig-18-layers"}, "image": {"alt": "Three bar charts, one per dtype, with five layers each and three bars per layer: rounding, normlib and torch. In float16 and bfloat16 normlib's bars equal the rounding bars; torch's are equal for GroupNorm, LayerNorm and RMSNorm and taller for BatchNorm2d and InstanceNorm2d. In float32 both implementations are a few eps, above the rounding bars."}}
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+fig, axes = plt.subplots(1, 3, figsize=(7, 3.7))
 positions = np.arange(len(LAYERS))
 for ax, dtype in zip(axes, DTYPES, strict=True):
     for k, impl in enumerate(IMPLS):

@@ -36,9 +36,9 @@ def plot_norm_sets(n: int = 6, c: int = 6, hw: int = 6, groups: int = 3, i: tupl
 
     titles = {"batch": "Batch Norm", "layer": "Layer Norm", "instance": "Instance Norm",
               "group": f"Group Norm (G={groups})"}
-    fig = plt.figure(figsize=(12, 3.4))
+    fig = plt.figure(figsize=(7, 6.6))
     for j, kind in enumerate(NORM_KINDS):
-        ax = fig.add_subplot(1, 4, j + 1, projection="3d")
+        ax = fig.add_subplot(2, 2, j + 1, projection="3d")
         mask = norm_set_mask(kind, n, c, hw, groups, i)
         colors = np.where(mask[..., None], np.array([0.23, 0.45, 0.85, 1.0]), np.array([0.92, 0.92, 0.92, 0.35]))
         ax.voxels(np.ones((n, c, hw), bool), facecolors=colors, edgecolor=(0.3, 0.3, 0.3, 0.4), linewidth=0.3)
