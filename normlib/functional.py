@@ -101,17 +101,22 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
 
     :math:`\mu = \frac{1}{m}\sum_{k \in S} x_k`,
     :math:`\sigma^2 = \frac{1}{m}\sum_{k \in S} (x_k - \mu)^2`,
-    computed in float32 (float64 for float64 input) in two passes over the data shifted by its first
-    element :math:`K`: :math:`\mu = K + \overline{x - K}`. The shift costs nothing in accuracy and makes a
-    constant set exact (:math:`\mu = K`, :math:`\sigma^2 = 0`, so :math:`x - \mu = 0`), as torch's
-    LayerNorm is. This is the one place in normlib's torch code where moments are computed.
+    computed in float32 (float64 for float64 input) in two passes over
+    the data shifted by its first element :math:`K`:
+    :math:`\mu = K + \overline{x - K}`. The shift costs nothing in
+    accuracy and makes a constant set exact (:math:`\mu = K`,
+    :math:`\sigma^2 = 0`, so :math:`x - \mu = 0`), as torch's LayerNorm
+    is. This is the one place in normlib's torch code where moments are
+    computed.
     """
     xf = x.to(_acc_dtype(x.dtype))
     dims = tuple(d % xf.dim() for d in dims) if xf.dim() else tuple(dims)
-    if not dims or any(xf.shape[d] == 0 for d in dims):  # nothing to shift by: an empty set's moments are NaN
+    if not dims or any(xf.shape[d] == 0 for d in dims):
+        # nothing to shift by: an empty set's moments are NaN
         mu = xf.mean(dim=dims, keepdim=True)
         return mu, (xf - mu).square().mean(dim=dims, keepdim=True)
-    shift = xf[tuple(slice(0, 1) if d in dims else slice(None) for d in range(xf.dim()))]
+    first = tuple(slice(0, 1) if d in dims else slice(None) for d in range(xf.dim()))
+    shift = xf[first]
     d = xf - shift
     m = d.mean(dim=dims, keepdim=True)
     var = (d - m).square().mean(dim=dims, keepdim=True)
