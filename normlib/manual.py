@@ -116,15 +116,17 @@ class _NormAffine(torch.autograd.Function):
         dims, cell = ctx.dims, ctx.cell
         xf = x.to(_acc_dtype(x.dtype))
         if torch.is_grad_enabled() and ctx.mode != "fixed":
-            mu, var = _statistics(xf, dims, ctx.mode)  # differentiable functions of x, for the gradient's graph
+            # differentiable functions of x, for the gradient's graph
+            mu, var = _statistics(xf, dims, ctx.mode)
         rstd = torch.rsqrt(var + ctx.eps)
         x_hat = _x_hat(xf, mu, rstd)
         dy = dy.to(x_hat.dtype)
         gamma = weight if weight is not None else 1.0
         g = dy * gamma  # g_hat = gamma * dL/dy
-        # Sums of dL/dy and dL/dy * x_hat over each cell (BatchNorm: all of S, per channel; GroupNorm and
-        # InstanceNorm: the spatial dims, per sample and channel; LayerNorm: none). The sums over S and the
-        # parameter gradients are both sums of these, so dy and x_hat are reduced once.
+        # Sums of dL/dy and dL/dy * x_hat over each cell (BatchNorm: all of S, per
+        # channel; GroupNorm and InstanceNorm: the spatial dims, per sample and
+        # channel; LayerNorm: none). The sums over S and the parameter gradients are
+        # both sums of these, so dy and x_hat are reduced once.
         sum_dy = _sum_over(dy, cell)
         sum_dy_xhat = _sum_over(dy * x_hat, cell)
         if ctx.mode == "fixed":
@@ -137,11 +139,13 @@ class _NormAffine(torch.autograd.Function):
                 dx = rstd / m * (m * g - _sum_over(gamma * sum_dy, rest) - x_hat * proj)
             else:
                 dx = rstd / m * (m * g - x_hat * proj)
-        dw = _sum_to(sum_dy_xhat, weight.shape).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] \
-            else None
-        db = _sum_to(sum_dy, ctx.bias_shape).to(ctx.bias_dtype) if ctx.bias_shape is not None and \
-            ctx.needs_input_grad[2] else None
-        return dx.to(x.dtype) if ctx.needs_input_grad[0] else None, dw, db, None, None, None, None, None
+        dw = db = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = _sum_to(sum_dy_xhat, weight.shape).to(weight.dtype)
+        if ctx.bias_shape is not None and ctx.needs_input_grad[2]:
+            db = _sum_to(sum_dy, ctx.bias_shape).to(ctx.bias_dtype)
+        dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
+        return dx, dw, db, None, None, None, None, None
 
 
 

@@ -180,13 +180,16 @@ def rms_norm(x, normalized_shape, gamma=None, eps: float | None = None) -> np.nd
 # ------------------------------------------------------------------------------------------------
 
 
-def normalize_backward(dx_hat, x, axes: Sequence[int], eps: float = 1e-5, center: bool = True) -> np.ndarray:
-    r"""Backprop :math:`\partial L/\partial \hat{x}` through :math:`\hat{x} = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`.
+def normalize_backward(dx_hat, x, axes: Sequence[int], eps: float = 1e-5,
+                       center: bool = True) -> np.ndarray:
+    r"""Backprop :math:`\partial L/\partial \hat{x}` through
+    :math:`\hat{x} = (x - \mu)/\sqrt{\sigma^2 + \epsilon}`.
 
     The forward graph, with the moments over ``axes`` (:math:`m` elements each):
-    ``mu = mean(x)``, ``xmu = x - mu``, ``sq = xmu**2``, ``var = mean(sq)``, ``std = sqrt(var + eps)``,
-    ``istd = 1/std``, ``x_hat = xmu * istd``; the backward visits the nodes in reverse. With
-    ``center=False`` the graph is RMSNorm's: ``ms = mean(x**2)``, ``x_hat = x / sqrt(ms + eps)``.
+    ``mu = mean(x)``, ``xmu = x - mu``, ``sq = xmu**2``, ``var = mean(sq)``,
+    ``std = sqrt(var + eps)``, ``istd = 1/std``, ``x_hat = xmu * istd``; the
+    backward visits the nodes in reverse. With ``center=False`` the graph is
+    RMSNorm's: ``ms = mean(x**2)``, ``x_hat = x / sqrt(ms + eps)``.
     """
     x = np.asarray(x, dtype=np.float64)
     dx_hat = np.asarray(dx_hat, dtype=np.float64)
@@ -269,10 +272,12 @@ def rms_norm_backward(dy, x, normalized_shape, gamma=None, eps: float = 1e-6):
 
 
 def numeric_grad(f, x: np.ndarray, dy: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    r"""Central differences of :math:`L = \sum f(x) \odot dy` with respect to every element of ``x``.
+    r"""Central differences of :math:`L = \sum f(x) \odot dy` with respect to every
+    element of ``x``.
 
-    :math:`\partial L/\partial x_k \approx (L(x + h e_k) - L(x - h e_k)) / 2h`, one element at a time
-    (``x`` is modified in place and restored). The CS231n way to check a backward pass.
+    :math:`\partial L/\partial x_k \approx (L(x + h e_k) - L(x - h e_k)) / 2h`, one
+    element at a time (``x`` is modified in place and restored). The CS231n way to
+    check a backward pass.
     """
     grad = np.zeros_like(x, dtype=np.float64)
     for i in np.ndindex(x.shape):

@@ -338,7 +338,8 @@ least = min(NORMS, key=lambda n: drop(n).mean)
 evidence.claim("every model is less accurate up to twice the training length",
                drop(least), ">", 0.0, unit=100)
 evidence.claim("up to twice the training length, BatchNorm per step loses more "
-                   "than LayerNorm, by over 5 points", drop("batch"), ">", drop("layer"),
+                   "than LayerNorm, by over 5 points",
+                   drop("batch"), ">", drop("layer"),
                    margin=0.05, unit=100)
 
 # %% [markdown]

@@ -111,7 +111,7 @@ print(lab.cmp("grad of beta", mine.bias.grad, theirs.bias.grad, atol=1e-5))
 # %%
 photos = sample_photos(stride=4)  # (2, 3, 107, 160), values in [0, 1]
 ours, theirs = N.InstanceNorm2d(3), torch.nn.InstanceNorm2d(3)
-print(ours)
+print(str(ours).replace(", bias", ",\n  bias"))
 print("learned parameters:", sum(p.numel() for p in ours.parameters()),
       "| buffers:", list(ours.state_dict()))
 print(lab.cmp("unbatched (C, H, W) vs torch", ours(photos[0]), theirs(photos[0]),

@@ -152,7 +152,8 @@ dose = evidence.sweep(statistics_from, {"k": SIZES}, seeds=SEEDS,
                       desc="statistics from k images")
 # the last setting recalibrated every network on the whole training set
 
-# Each network against itself: its accuracy minus its accuracy with statistics from all images.
+# Each network against itself: its accuracy minus its accuracy with statistics from all
+# images.
 with_all = {r["seed"]: r["value"] for r in dose.select(k=len(x_tr)).records}
 change = evidence.Runs([{**r, "change": r["value"] - with_all[r["seed"]]}
                         for r in dose.records])
@@ -373,7 +374,8 @@ evidence.claim("after the ReLU, over a fifth are", zeros["after ReLU"], ">", 0.2
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Values entering the first BatchNorm of the five trained networks of each placement, on 256 training digits: with the norm before the ReLU, the convolution's output; with the norm after it, the ReLU's output.", "name": "fig-12-placement-inputs"}, "image": {"alt": "Two histograms. Left, the convolution's output: positive and negative values, with a spike at zero from the blank background of the digits. Right, the ReLU's output: no negative values and a taller spike of exact zeros."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), sharey=True)
-bins = torch.arange(-3.05, 3.6, 0.1).numpy()  # the same bins on both sides, 0 in the middle of one
+# the same bins on both sides, 0 in the middle of one
+bins = torch.arange(-3.05, 3.6, 0.1).numpy()
 for ax, (label, values) in zip(axes, seen.items(), strict=True):
     ax.hist(torch.cat(values).flatten().numpy(), bins=bins, density=True)
     ax.set(title=f"BatchNorm {label} sees", xlabel="value")

@@ -94,7 +94,9 @@ print(f"{data.name}: {len(data[0])} training and {len(data[2])} test images")
 
 # %%
 def bn_layer_loss(W, x, y, head):
-    """Linear (weights W, no bias) -> BatchNorm (batch statistics, eps=0) -> ReLU -> head -> loss."""
+    """Linear (weights W, no bias) -> BatchNorm (batch statistics, eps=0) -> ReLU -> head
+    -> loss.
+    """
     z = x @ W.T
     z_hat = (z - z.mean(0)) / z.var(0, unbiased=False).sqrt()
     return nn.functional.cross_entropy(head(torch.relu(z_hat)), y)
@@ -169,7 +171,8 @@ WD_LR = 0.2
 
 
 def weight_norm_run(seed, weight_decay, lr=WD_LR, epochs=8):
-    """Train the BN MLP with plain SGD; follow the first layer's mean squared row norm."""
+    """Train the BN MLP with plain SGD; follow the first layer's mean squared row norm.
+    """
     lab.seed_everything(seed)
     model = norm_mlp(SIZES, nn.BatchNorm1d)
     W = model[1].weight
@@ -298,7 +301,8 @@ CAP = EPOCHS * (len(data[0]) // BATCH) + EVERY
 
 
 def steps_to_target(seed, norm, lr=0.1, init_scale=1.0):
-    """Train the MLP; the first step (of every EVERY) at which test accuracy >= TARGET."""
+    """Train the MLP; the first step (of every EVERY) at which test accuracy >= TARGET.
+    """
     lab.seed_everything(seed)
     model = norm_mlp(SIZES, nn.BatchNorm1d if norm == "BN" else None)
     with torch.no_grad():
@@ -445,7 +449,9 @@ evidence.claim(
 
 # %%
 class NoisyBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d followed, in training, by a random per-channel scale and shift, new at every call."""
+    """BatchNorm1d followed, in training, by a random per-channel scale and shift, new at
+    every call.
+    """
 
     def forward(self, x):
         y = super().forward(x)
@@ -463,7 +469,8 @@ ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
-    """Train the deep MLP; every `every` steps measure loss and gradient change along g."""
+    """Train the deep MLP; every `every` steps measure loss and gradient change along g.
+    """
     lab.seed_everything(seed)
     model = norm_mlp(DEEP, NORMS[norm])
     loss_change, grad_change = [], []

@@ -201,7 +201,9 @@ ACTS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 def layer_report(model, x, y):
-    """Per hidden layer: share of pre-activations with |z| > 3; per Linear: weight-gradient norm."""
+    """Per hidden layer: share of pre-activations with |z| > 3;
+    per Linear: weight-gradient norm.
+    """
     pre = []
     hooks = [
         m.register_forward_hook(lambda m, inp, out: pre.append(inp[0].detach()))
@@ -434,7 +436,9 @@ fashion = fashion_mnist(n_train=4000, n_test=1000)
 
 
 class PlacedLeNet(nn.Module):
-    """LeNet for 28x28 input with BatchNorm placed 'before' or 'after' each ReLU, or 'after pool'."""
+    """LeNet for 28x28 input with BatchNorm placed 'before' or 'after'
+    each ReLU, or 'after pool'.
+    """
 
     def __init__(self, placement):
         super().__init__()

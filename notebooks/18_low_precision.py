@@ -255,8 +255,9 @@ for dtype in (torch.float16, torch.bfloat16):
         for label, f in ALGORITHMS.items():
             half_err[label, dtype, acc] = relative_error(f(x, acc), exact).max().item()
 columns = [(d, a) for d in (torch.float16, torch.bfloat16) for a in (d, torch.float32)]
-print(evidence.table(["input dtype, summed in"]
-                     + [f"{name(d)}, {name(a)}" for d, a in columns],
+print(evidence.table(["input, summed in"]
+                     + [f"{name(d)}, {name(a)}".replace("float", "f")
+                        for d, a in columns],
                      [[label] + [f"{half_err[label, d, a]:.1e}" for d, a in columns]
                       for label in ALGORITHMS]))
 

@@ -33,7 +33,7 @@ def test_sweep_records_every_setting_and_seed(capsys):
     assert len(runs) == 12 and runs.values_of("norm") == ["BN", "GN"] and runs.values_of("m") == [2, 32]
     est = runs.estimate("acc", norm="GN", m=2)
     assert est.values == pytest.approx((0.802, 0.812, 0.822)) and est.label == "acc at norm=GN, m=2"
-    assert "12/12 runs" in capsys.readouterr().out
+    assert "toy" in capsys.readouterr().out  # the bar (cleared when done: leave=False)
     assert len(runs.select(norm="BN")) == 6
     with pytest.raises(KeyError, match="no setting 'batch'"):
         runs.select(batch=2)
@@ -142,3 +142,11 @@ def test_plot_without_series_takes_a_label():
     ax = runs.plot("acc", x="m", label="BatchNorm")
     assert ax.containers[0].get_label() == "BatchNorm"
     plt.close("all")
+
+
+def test_a_long_claim_is_wrapped_to_fit_a_page():
+    a, b = evidence.estimate([0.8, 0.81]), evidence.estimate([0.3, 0.31])
+    line = evidence.claim("a statement long enough to need a second line on a phone or a narrow page, "
+                          "like the ones lessons make", a, ">", b, quiet=True)
+    assert len(line.splitlines()) == 2 and all(len(part) <= 86 for part in line.splitlines())
+    assert line.splitlines()[1].startswith("  ")

@@ -49,7 +49,8 @@ def leaky_relu_grad(z, a: float = 0.01):
 
 def sigmoid(z):
     z = np.asarray(z, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow for large |z|
+    # = 1 / (1 + exp(-z)), without overflow for large |z|
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def sigmoid_grad(z):

@@ -23,6 +23,7 @@ import itertools
 import math
 import statistics
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -183,7 +184,7 @@ def sweep(fn: Callable[..., float | Mapping[str, float]], grid: Mapping[str, Seq
     grid = dict(grid or {})
     settings = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     records = []
-    bar = tqdm(total=len(settings) * len(seeds), desc=desc, disable=not progress, file=sys.stdout,
+    bar = tqdm(total=len(settings) * len(seeds), desc=desc, disable=not progress, file=sys.stdout, leave=False,
                bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} runs")
     with bar:
         for setting in settings:
@@ -210,7 +211,8 @@ def claim(statement: str, left: Estimate | float, op: str, right: Estimate | flo
     of the difference, :math:`\sqrt{se_l^2 + se_r^2}`, so that a gap within the noise of the seeds is not
     taken for an effect. ``unit`` only scales the numbers in the messages (100 for percent points).
     The printed line names the statement and the number of runs, never the measured values, so it is the
-    same on every machine where the statement holds. :class:`ClaimError` carries the values.
+    same on every machine where the statement holds (wrapped at 86 characters, to fit a page); it is
+    printed, or returned with ``quiet=True``. :class:`ClaimError` carries the values.
     """
     op = "≈" if op == "~" else op
     if op not in _OPS:
@@ -232,7 +234,7 @@ def claim(statement: str, left: Estimate | float, op: str, right: Estimate | flo
         raise ClaimError(
             f"claim does not hold: {statement}\n  left:  {a.scaled(unit)}\n  right: {b.scaled(unit)}\n"
             f"  measured difference {diff * unit:.4g} (s.e. {se * unit:.3g}); needed {needed}")
-    line = f"✓ {statement}{over}"
+    line = "\n  ".join(textwrap.wrap(f"✓ {statement}{over}", width=86, break_on_hyphens=False))
     if quiet:
         return line
     print(line)  # and return nothing, so a claim that ends a notebook cell is not echoed a second time

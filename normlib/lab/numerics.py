@@ -103,7 +103,10 @@ def welford(x: Tensor, dtype: torch.dtype | None = None) -> Moments:
 
 
 def merge(a: Moments, b: Moments) -> Moments:
-    r"""The moments of two disjoint parts combined (Chan et al.): no sum of raw squares, nothing cancels."""
+    r"""The moments of two disjoint parts combined (Chan et al.).
+
+    No sum of raw squares is formed, so nothing cancels.
+    """
     n = a.count + b.count
     delta = b.mean - a.mean
     mean = a.mean + delta * (b.count / n)

@@ -61,7 +61,8 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
             return [perm[s * batch_size:(s + 1) * batch_size] for s in range(len(x_tr) // batch_size)]
 
     step = 0
-    for _ in tqdm(range(epochs), desc=desc, bar_format=BAR_FORMAT, disable=not progress, file=sys.stdout):
+    for _ in tqdm(range(epochs), desc=desc, bar_format=BAR_FORMAT, disable=not progress, file=sys.stdout,
+                  leave=False):
         model.train()
         epoch = batches(gen)
         loss_sum, correct, seen = 0.0, 0, 0
