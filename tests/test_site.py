@@ -213,6 +213,9 @@ def test_page_text_has_no_harness_noise_and_every_figure_is_described(built_book
                         '(tag the cell instead: # %% tags=["nbval-ignore-output"])')
     for bar in TQDM_BAR.findall(text)[:3]:
         problems.append(f"a finished progress bar is shown: {bar!r} (leave progress bars out of stored outputs)")
+    blank = [pre for pre in article.select(".cell_output pre") if not pre.get_text().strip()]
+    if blank:
+        problems.append(f"{len(blank)} empty output box(es): a cleared progress bar's blank line is shown")
     for img in article.find_all("img"):
         alt = (img.get("alt") or "").strip()
         name = img.get("src", "").split("/")[-1]

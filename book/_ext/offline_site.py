@@ -87,7 +87,22 @@ def _refresh_static(app) -> None:
                 shutil.copy2(f, copy)
 
 
+def _drop_blank_outputs(app, doctree, docname):
+    """Remove stream outputs that hold only whitespace (what a progress bar leaves when it clears itself):
+    on the page they would be empty boxes."""
+    from docutils import nodes
+
+    for block in list(doctree.findall(nodes.literal_block)):
+        if block.astext().strip() or "output" not in block.get("classes", []):
+            continue
+        container = block.parent
+        container.remove(block)
+        if not container.children and container.parent is not None:
+            container.parent.remove(container)
+
+
 def setup(app):
+    app.connect("doctree-resolved", _drop_blank_outputs)
     app.connect("builder-inited", _stage)
     app.connect("builder-inited", _refresh_static)
     app.connect("html-page-context", _toggle_names)
