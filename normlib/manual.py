@@ -322,12 +322,25 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bia
                eps: float = 1e-5) -> Tensor:
     """:func:`normlib.functional.group_norm` with the hand-derived backward.
 
-    The input is viewed as ``(N, G, C/G, *spatial)``; the per-channel parameters as ``(1, G, C/G, 1, ...)``.
+    A contiguous input is viewed as ``(N*G, C/G, *spatial)``, one row per (sample, group) pair, and the
+    per-channel parameters are repeated to ``(N*G, C/G, 1, ...)``; any other input (channels_last) as
+    ``(N, G, C/G, *spatial)`` with the parameters as ``(1, G, C/G, 1, ...)``.
     """
     F._check_group_norm(input, num_groups, weight, bias)
     n, c = input.shape[:2]
-    grouped = input.reshape((n, num_groups, c // num_groups, *input.shape[2:]))
-    shape = (1, num_groups, c // num_groups) + (1,) * (input.dim() - 2)
-    w, b = _affine_views(weight, bias, shape)
-    y = _apply(grouped, w, b, tuple(range(2, grouped.dim())), eps, "center")[0]
+    g, spatial = num_groups, tuple(input.shape[2:])
+    ones = (1,) * len(spatial)
+    if input.is_contiguous():
+        # (sample, group) pairs merged into the first dim, the parameters repeated for each sample
+        # (autograd sums their gradients back over N): every tensor then has the same first dim, and
+        # the compiled code runs one loop over it, computing each group's statistics, output and
+        # gradients while the group's data is in cache.
+        grouped = input.reshape((n * g, c // g, *spatial))
+        w, b = ((t.reshape(1, g, c // g).expand(n, g, c // g).reshape((n * g, c // g, *ones))
+                 if t is not None else None) for t in (weight, bias))
+    else:  # e.g. channels_last: a view, so that the output keeps the input's layout, as torch's does
+        grouped = input.reshape((n, g, c // g, *spatial))
+        w, b = _affine_views(weight, bias, (1, g, c // g, *ones))
+    dims = tuple(range(grouped.dim() - 1 - len(spatial), grouped.dim()))
+    y = _apply(grouped, w, b, dims, eps, "center")[0]
     return y.reshape(input.shape)
