@@ -24,8 +24,8 @@ def test_benchmark_times_the_function_it_is_given():
 
 
 def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_suite, "_cases", lambda quick, device: [("layer_norm", (64, 128)),
-                                                                     ("group_norm", (4, 32, 4, 4))])
+    monkeypatch.setattr(bench_suite, "_cases", lambda quick, device: [("layer_norm", (64, 128), None),
+                                                                     ("group_norm", (4, 32, 4, 4), 8)])
     monkeypatch.setattr(bench, "copy_bandwidth", lambda device, nbytes=0: 10.0)
     monkeypatch.setattr(bench_suite, "copy_bandwidth", lambda device: 10.0)
     monkeypatch.setattr(bench_suite, "hold_freed_memory", lambda: True)  # not in the test process
@@ -33,13 +33,15 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
     report = bench_suite.run(quick=True, device="cpu", out=str(out), progress=False)
     assert json.loads(out.read_text()) == report
     for key in ("device", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps", "compiled",
-                "allocator"):
+                "timing", "allocators"):
         assert key in report
+    assert list(report["allocators"]) == ["held"]
     impls = {r["impl"] for r in report["results"]}
     assert impls == {"torch", "normlib", "normlib-compiled"}
     assert len(report["results"]) == 2 * 3 * 2  # cases x implementations x modes
     for r in report["results"]:
-        assert r["median_ms"] > 0
+        assert r["median_ms"] > 0 and r["allocator"] == "held"
+        assert r.get("groups") == (8 if r["op"] == "group_norm" else None)
         expected = bench.model_bytes(torch.Size(r["shape"]).numel(), 4, r["mode"]) / (r["median_ms"] / 1e3) / 1e9
         assert abs(r["GBps"] - expected) < 1e-6 * expected
         assert abs(r["fraction_of_copy"] - r["GBps"] / 10.0) < 1e-9
@@ -51,3 +53,28 @@ def test_hold_freed_memory_applies_on_glibc():
                          capture_output=True, text=True, check=True).stdout.strip()
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert out == str(glibc)
+
+
+def test_compare_times_each_function_in_every_round():
+    calls = {"a": 0, "b": 0}
+
+    def counter(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    timings = bench.compare({"a": counter("a"), "b": counter("b")}, "cpu", rounds=3, min_run_time=0.01)
+    assert set(timings) == {"a", "b"} and all(t.runs == 3 and t.median_s > 0 for t in timings.values())
+    assert calls["a"] >= 3 and calls["b"] >= 3
+
+
+def test_cli_runs_both_allocators_in_their_own_processes(tmp_path):
+    """The command a user runs: one file with each case under both allocator settings."""
+    out = tmp_path / "both.json"
+    subprocess.run([sys.executable, "-m", "normlib.lab.bench", "--quick", "--ops", "rms_norm", "--threads", "1",
+                    "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert set(report["allocators"]) == {"default", "held"}
+    seen = {(r["allocator"], r["impl"], r["mode"], tuple(r["shape"])) for r in report["results"]}
+    assert len(seen) == len(report["results"]) == 2 * 3 * 2 * 2  # allocators x implementations x modes x widths
+    assert {r["op"] for r in report["results"]} == {"rms_norm"}

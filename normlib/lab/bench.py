@@ -5,7 +5,14 @@ autograd), ``normlib-compiled`` (normlib.manual, the hand-derived backward, unde
 ``torch.compile(fullgraph=True)``; compile time excluded; dropout has no hand-written backward and compiles
 normlib.functional's) and, on a GPU, ``normlib-triton`` (normlib.kernels). Each is checked against torch
 before it is timed. Forward+backward is one call of ``torch.autograd.grad`` for the input and the
-parameters (no gradient accumulation into ``.grad``, which would add traffic of its own).
+parameters (no gradient accumulation into ``.grad``, which would add traffic of its own). The
+implementations of one case are timed interleaved (:func:`normlib.lab.timing.compare`), so that their
+ratios do not depend on what else the machine did while one of them ran.
+
+On the CPU the suite runs twice, each time in a fresh process: with the allocator as a user gets it
+(``default``) and with glibc keeping freed memory (``held``, :func:`normlib.lab.timing.hold_freed_memory`).
+The first is what a training loop sees when each step allocates large tensors afresh; the second shows
+the kernels alone, without the page faults.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,25 +30,33 @@ import torch.nn.functional as TF
 
 from normlib import functional as NF
 from normlib import manual as NM
-from normlib.lab.timing import benchmark, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
+from normlib.lab.timing import compare, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
+
+ALLOCATORS = {
+    "default": "the platform's allocator as it comes (glibc: blocks over its mmap threshold, at most 32 MiB, "
+               "mapped fresh on each allocation and returned to the system when freed)",
+    "held": "glibc keeping freed memory in the process (normlib.lab.timing.hold_freed_memory)",
+    "cuda": "PyTorch's CUDA caching allocator",
+}
 
 
 def _cases(quick: bool, device: torch.device):
-    """(op, shape, function name, extra arguments) for every case of the suite."""
+    """(op, shape, number of groups or None) for every case of the suite."""
     m = 1024 if quick else 4096
     widths = (1024, 4096) if quick else (1024, 2048, 4096, 8192, 16384)
     images = [(16, 64, 32, 32)] if quick else [(32, 64, 56, 56), (8, 256, 28, 28), (64, 32, 32, 32)]
     for n in widths:
-        yield "layer_norm", (m, n)
-        yield "rms_norm", (m, n)
+        yield "layer_norm", (m, n), None
+        yield "rms_norm", (m, n), None
     for shape in images:
-        yield "batch_norm", shape
-        yield "group_norm", shape
-        yield "instance_norm", shape
-    yield "dropout", (4 * 2**20,) if quick else (16 * 2**20,)
+        yield "batch_norm", shape, None
+        for groups in (8, 32):
+            yield "group_norm", shape, groups
+        yield "instance_norm", shape, None
+    yield "dropout", (4 * 2**20,) if quick else (16 * 2**20,), None
 
 
-def _call(lib, op: str, x: torch.Tensor, params: dict):
+def _call(lib, op: str, x: torch.Tensor, params: dict, groups: int | None = None):
     """Run ``op`` from ``lib`` (torch.nn.functional, normlib.functional or normlib.kernels) on ``x``."""
     if op in ("layer_norm", "rms_norm"):
         n = x.shape[-1]
@@ -47,12 +65,24 @@ def _call(lib, op: str, x: torch.Tensor, params: dict):
     if op == "batch_norm":
         return lib.batch_norm(x, None, None, params["w"], params["b"], True)
     if op == "group_norm":
-        return lib.group_norm(x, 32 if x.shape[1] % 32 == 0 else 1, params["w"], params["b"])
+        return lib.group_norm(x, groups, params["w"], params["b"])
     if op == "instance_norm":
         return lib.instance_norm(x, weight=params["w"], bias=params["b"])
     if op == "dropout":
         return lib.dropout(x, 0.5, True)
     raise ValueError(op)
+
+
+def _step(fn, mode: str, x: torch.Tensor, params: dict, leaves: list, dy: torch.Tensor):
+    """One call of ``fn`` to time: the forward under ``no_grad``, or forward and backward."""
+    if mode == "forward":
+        def step():
+            with torch.no_grad():
+                fn(x, params)
+    else:
+        def step():
+            torch.autograd.grad(fn(x, params), leaves, dy)
+    return step
 
 
 RESULTS = Path(__file__).resolve().parent / "results"  # recorded runs, shipped with normlib.lab
@@ -63,12 +93,25 @@ def recorded() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
 
-def run(quick: bool = False, device: str | None = None, out: str | None = None, progress: bool = True) -> dict:
-    """Run the suite; write and return the results (see the module docstring)."""
+def run(quick: bool = False, device: str | None = None, out: str | None = None, progress: bool = True,
+        allocator: str | None = None, ops: list[str] | None = None) -> dict:
+    """Run the suite in this process; write and return the results (see the module docstring).
+
+    ``allocator`` (CPU): ``"held"`` makes glibc keep freed memory first (for the rest of the process),
+    ``"default"`` leaves the allocator alone; default ``"held"``. On a GPU it is ``"cuda"``. ``ops``: only
+    these operations (default: all).
+    """
     from tqdm import tqdm
 
     device = torch.device(device) if device else default_device()
-    held = hold_freed_memory() if device.type == "cpu" else False
+    if device.type == "cuda":
+        allocator = "cuda"
+    else:
+        allocator = allocator or "held"
+        if allocator not in ("held", "default"):
+            raise ValueError(f"allocator must be 'held' or 'default' on the CPU, not {allocator!r}")
+        if allocator == "held" and not hold_freed_memory():
+            raise RuntimeError("cannot make this platform's allocator hold freed memory (not glibc)")
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     impls = {"torch": TF, "normlib": NF}
     if device.type == "cuda":
@@ -77,49 +120,43 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         impls["normlib-triton"] = kernels
     bandwidth = copy_bandwidth(device)
     results = []
-    cases = [(op, shape, dtype) for op, shape in _cases(quick, device) for dtype in dtypes]
-    for op, shape, dtype in tqdm(cases, desc="normlib.bench", disable=not progress):
+    cases = [(op, shape, groups, dtype) for op, shape, groups in _cases(quick, device) for dtype in dtypes
+             if ops is None or op in ops]
+    for op, shape, groups, dtype in tqdm(cases, desc="normlib.bench", disable=not progress):
         x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
         width = shape[-1] if op in ("layer_norm", "rms_norm") else (shape[1] if len(shape) > 1 else 1)
         params = {"w": torch.randn(width, device=device, dtype=dtype, requires_grad=True),
                   "b": torch.randn(width, device=device, dtype=dtype, requires_grad=True)}
         dy = torch.randn_like(x)
-        variants = dict(impls)
-        variants["normlib-compiled"] = None
-        for impl, lib in variants.items():
+        torch._dynamo.reset()
+        fns = {}
+        for impl, lib in {**impls, "normlib-compiled": None}.items():
             if impl == "normlib-compiled":
-                torch._dynamo.reset()
                 lib = NF if op == "dropout" else NM
-                compiled = torch.compile(lambda x, p, op=op, lib=lib: _call(lib, op, x, p), fullgraph=True)
-
-                def fn(x, p, compiled=compiled):
-                    return compiled(x, p)
+                fns[impl] = torch.compile(lambda x, p, op=op, lib=lib, g=groups: _call(lib, op, x, p, g),
+                                          fullgraph=True)
             else:
-                def fn(x, p, lib=lib, op=op):
-                    return _call(lib, op, x, p)
+                fns[impl] = lambda x, p, lib=lib, op=op, g=groups: _call(lib, op, x, p, g)
             if op != "dropout":  # check before timing (dropout's masks differ by design)
                 with torch.no_grad():
-                    want = _call(TF, op, x, params).float()
-                    got = fn(x, params).float()
+                    want = _call(TF, op, x, params, groups).float()
+                    got = fns[impl](x, params).float()
                 tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
                 if not torch.allclose(got, want, atol=tol, rtol=tol):
                     raise AssertionError(f"{impl} {op} {shape} disagrees with torch")
-            for mode in ("forward", "forward+backward"):
-                if mode == "forward":
-                    def step(fn=fn, x=x, params=params):
-                        with torch.no_grad():
-                            fn(x, params)
-                else:
-                    leaves = [x] + {"dropout": [], "rms_norm": [params["w"]]}.get(op, [params["w"], params["b"]])
-
-                    def step(fn=fn, x=x, params=params, dy=dy, leaves=leaves):
-                        torch.autograd.grad(fn(x, params), leaves, dy)
+        leaves = [x] + {"dropout": [], "rms_norm": [params["w"]]}.get(op, [params["w"], params["b"]])
+        for mode in ("forward", "forward+backward"):
+            steps = {impl: _step(fn, mode, x, params, leaves, dy) for impl, fn in fns.items()}
+            for step in steps.values():
                 step()  # warm-up, and compilation for the compiled variant
-                timing = benchmark(step, device)
+            for impl, timing in compare(steps, device).items():
                 gbps = model_bytes(x.numel(), x.element_size(), mode) / timing.median_s / 1e9
-                results.append({"op": op, "impl": impl, "mode": mode, "dtype": str(dtype).removeprefix("torch."),
-                                "shape": list(shape), "median_ms": timing.median_s * 1e3, "iqr_ms": timing.iqr_s * 1e3,
-                                "GBps": gbps, "fraction_of_copy": gbps / bandwidth})
+                row = {"op": op, "impl": impl, "mode": mode, "dtype": str(dtype).removeprefix("torch."),
+                       "shape": list(shape), "allocator": allocator, "median_ms": timing.median_s * 1e3,
+                       "iqr_ms": timing.iqr_s * 1e3, "GBps": gbps, "fraction_of_copy": gbps / bandwidth}
+                if groups is not None:
+                    row["groups"] = groups
+                results.append(row)
     try:
         import triton
 
@@ -134,7 +171,9 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         "byte_model": "forward: read x + write y; forward+backward: + read x, dy, write dx (5 x numel x bytes)",
         "copy_bandwidth_GBps": bandwidth,
         "compiled": "torch.compile(fullgraph=True) of normlib.manual (normlib.functional for dropout)",
-        "allocator": "glibc with freed memory held (normlib.lab.timing.hold_freed_memory)" if held else "default",
+        "timing": "implementations of a case interleaved, 5 rounds; median over the rounds of each round's "
+                  "median (normlib.lab.timing.compare)",
+        "allocators": {allocator: ALLOCATORS[allocator]},
         "results": results,
     }
     if out:
@@ -143,23 +182,61 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
     return report
 
 
+def run_allocators(allocators: list[str], quick: bool = False, threads: int | None = None,
+                   out: str | None = None, ops: list[str] | None = None) -> dict:
+    """The CPU suite once per allocator setting, each in a fresh process (the setting is process-wide and
+    cannot be undone); one report with the results of all, each result marked with its setting."""
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for allocator in allocators:
+            path = Path(tmp) / f"{allocator}.json"
+            command = [sys.executable, "-m", "normlib.lab.bench", "--device", "cpu", "--allocator", allocator,
+                       "--out", str(path), "--summary", "none"]
+            command += ["--quick"] if quick else []
+            command += ["--threads", str(threads)] if threads else []
+            command += ["--ops", ",".join(ops)] if ops else []
+            subprocess.run(command, check=True)
+            reports.append(json.loads(path.read_text()))
+    report = dict(reports[0])
+    report["copy_bandwidth_GBps"] = min(r["copy_bandwidth_GBps"] for r in reports)
+    report["allocators"] = {a: d for r in reports for a, d in r["allocators"].items()}
+    report["results"] = [row for r in reports for row in r["results"]]
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m normlib.lab.bench [--quick] [--device cuda] [--threads N] [--out FILE]``."""
+    """``python -m normlib.lab.bench [--quick] [--device cuda] [--threads N] [--allocator both] [--ops OPS]
+    [--out FILE]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m normlib.lab.bench", description=main.__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller shapes (a few minutes on a laptop CPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    parser.add_argument("--allocator", default="both", choices=("both", "default", "held"),
+                        help="CPU: which allocator settings to run (default: both, each in its own process)")
+    parser.add_argument("--ops", default=None, help="only these operations, comma-separated (default: all)")
     parser.add_argument("--out", default=None, help="where to write the JSON (default: print a summary only)")
+    parser.add_argument("--summary", default="table", choices=("table", "none"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(quick=args.quick, device=args.device, out=args.out)
-    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s, "
-          f"allocator: {report['allocator']}")
+    device = torch.device(args.device) if args.device else default_device()
+    ops = args.ops.split(",") if args.ops else None
+    if device.type == "cpu" and args.allocator == "both":
+        report = run_allocators(["default", "held"], quick=args.quick, threads=args.threads, out=args.out, ops=ops)
+    else:
+        allocator = None if args.allocator == "both" else args.allocator
+        report = run(quick=args.quick, device=str(device), out=args.out, allocator=allocator, ops=ops)
+    if args.summary == "none":
+        return
+    print(f"{report['device']}, torch {report['torch']}, copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s")
     for r in report["results"]:
-        print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{str(r['shape']):<22}"
+        case = f"{r['shape']}" + (f" G={r['groups']}" if "groups" in r else "")
+        print(f"{r['op']:<14}{r['impl']:<18}{r['mode']:<18}{r['dtype']:<10}{r['allocator']:<9}{case:<26}"
               f"{r['median_ms']:>9.3f} ms {r['GBps']:>8.1f} GB/s {100 * r['fraction_of_copy']:>5.0f}% of copy")
 
 

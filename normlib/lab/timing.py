@@ -68,6 +68,31 @@ def benchmark(fn: Callable[[], object], device: torch.device | str = "cpu", *, t
     return Timing(m.median, q[2] - q[0], len(times), device_name(device), threads)
 
 
+def compare(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *, rounds: int = 5,
+            min_run_time: float = 0.1, threads: int | None = None) -> dict[str, Timing]:
+    """Time several functions that do the same work, interleaved: ``rounds`` rounds, each timing every
+    function once (:func:`benchmark`, ``min_run_time`` each), in alternating order.
+
+    Each function's result is the median over the rounds of its per-round median, its spread the
+    interquartile range over the rounds. Timed one after the other instead, the functions would also be
+    compared across whatever else changed on the machine in between (other processes, the memory
+    traffic of a neighbour on a shared host, the clock): interleaving spreads such drifts over all of
+    them, so their ratios are what stays stable from run to run.
+    """
+    per_round: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        names = list(fns) if r % 2 == 0 else list(fns)[::-1]
+        for name in names:
+            per_round[name].append(benchmark(fns[name], device, threads=threads, min_run_time=min_run_time,
+                                             reps=max(5, 50 // rounds), warmup=2).median_s)
+    out = {}
+    for name, times in per_round.items():
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        out[name] = Timing(statistics.median(times), q[2] - q[0], len(times), device_name(device),
+                           (threads or torch.get_num_threads()) if torch.device(device).type == "cpu" else None)
+    return out
+
+
 def _benchmark_cuda(fn: Callable[[], object], device: torch.device, *, reps: int, warmup: int) -> Timing:
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
     for _ in range(warmup):
