@@ -72,9 +72,20 @@ def test_cli_runs_both_allocators_in_their_own_processes(tmp_path):
     """The command a user runs: one file with each case under both allocator settings."""
     out = tmp_path / "both.json"
     subprocess.run([sys.executable, "-m", "normlib.lab.bench", "--quick", "--ops", "rms_norm", "--threads", "1",
-                    "--out", str(out)], check=True, capture_output=True)
+                    "--repeats", "2", "--out", str(out)], check=True, capture_output=True)
     report = json.loads(out.read_text())
-    assert set(report["allocators"]) == {"default", "held"}
+    assert set(report["allocators"]) == {"default", "held"} and report["repeats"] == 2
+    for r in report["results"]:
+        assert len(r["runs_ms"]) == 2 and r["median_ms"] == sum(r["runs_ms"]) / 2
     seen = {(r["allocator"], r["impl"], r["mode"], tuple(r["shape"])) for r in report["results"]}
     assert len(seen) == len(report["results"]) == 2 * 3 * 2 * 2  # allocators x implementations x modes x widths
     assert {r["op"] for r in report["results"]} == {"rms_norm"}
+
+
+def test_profile_ops_lists_the_operators_a_function_runs():
+    x = torch.randn(64, 256)
+    ops = bench.profile_ops(lambda: torch.nn.functional.layer_norm(x.exp(), [256]), runs=2)
+    names = [op.name for op in ops]
+    assert "aten::native_layer_norm" in names and "aten::exp" in names
+    assert all(op.calls >= 1 and op.self_ms > 0 for op in ops)
+    assert [op.self_ms for op in ops] == sorted((op.self_ms for op in ops), reverse=True)

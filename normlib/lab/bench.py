@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,24 +185,47 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
 
 
 def run_allocators(allocators: list[str], quick: bool = False, threads: int | None = None,
-                   out: str | None = None, ops: list[str] | None = None) -> dict:
-    """The CPU suite once per allocator setting, each in a fresh process (the setting is process-wide and
-    cannot be undone); one report with the results of all, each result marked with its setting."""
+                   out: str | None = None, ops: list[str] | None = None, repeats: int = 1) -> dict:
+    """The CPU suite ``repeats`` times per allocator setting, each run in a fresh process (the setting is
+    process-wide and cannot be undone), the settings alternating; one report with all results.
+
+    Each result row carries its setting, the per-run medians (``runs_ms``, in the order of the runs, so
+    that two implementations' ratio can be taken run by run) and their median (``median_ms``). Separate
+    runs are what shows how much a figure moves on a machine: within one process the rounds agree closely,
+    but from one process to the next a case can change by tens of percent (where its buffers land in
+    memory, what the rest of a shared host is doing).
+    """
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
-        for allocator in allocators:
-            path = Path(tmp) / f"{allocator}.json"
-            command = [sys.executable, "-m", "normlib.lab.bench", "--device", "cpu", "--allocator", allocator,
-                       "--out", str(path), "--summary", "none"]
-            command += ["--quick"] if quick else []
-            command += ["--threads", str(threads)] if threads else []
-            command += ["--ops", ",".join(ops)] if ops else []
-            subprocess.run(command, check=True)
-            reports.append(json.loads(path.read_text()))
+        for repeat in range(repeats):
+            for allocator in allocators:
+                path = Path(tmp) / f"{allocator}-{repeat}.json"
+                command = [sys.executable, "-m", "normlib.lab.bench", "--device", "cpu", "--allocator", allocator,
+                           "--out", str(path), "--summary", "none"]
+                command += ["--quick"] if quick else []
+                command += ["--threads", str(threads)] if threads else []
+                command += ["--ops", ",".join(ops)] if ops else []
+                subprocess.run(command, check=True)
+                reports.append(json.loads(path.read_text()))
     report = dict(reports[0])
-    report["copy_bandwidth_GBps"] = min(r["copy_bandwidth_GBps"] for r in reports)
+    report["copy_bandwidth_GBps"] = statistics.median(r["copy_bandwidth_GBps"] for r in reports)
     report["allocators"] = {a: d for r in reports for a, d in r["allocators"].items()}
-    report["results"] = [row for r in reports for row in r["results"]]
+    report["repeats"] = repeats
+    merged: dict[tuple, dict] = {}
+    for r in reports:
+        for row in r["results"]:
+            key = (row["allocator"], row["op"], row["impl"], row["mode"], row["dtype"], tuple(row["shape"]),
+                   row.get("groups"))
+            merged.setdefault(key, {**row, "runs_ms": []})["runs_ms"].append(row["median_ms"])
+    bandwidth = report["copy_bandwidth_GBps"]
+    for row in merged.values():
+        row["median_ms"] = statistics.median(row["runs_ms"])
+        row.pop("iqr_ms", None)
+        nbytes = model_bytes(math.prod(row["shape"]), torch.empty(0, dtype=getattr(torch, row["dtype"])).element_size(),
+                             row["mode"])
+        row["GBps"] = nbytes / (row["median_ms"] / 1e3) / 1e9
+        row["fraction_of_copy"] = row["GBps"] / bandwidth
+    report["results"] = list(merged.values())
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=1))
@@ -208,8 +233,8 @@ def run_allocators(allocators: list[str], quick: bool = False, threads: int | No
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m normlib.lab.bench [--quick] [--device cuda] [--threads N] [--allocator both] [--ops OPS]
-    [--out FILE]``."""
+    """``python -m normlib.lab.bench [--quick] [--device cuda] [--threads N] [--allocator both] [--repeats N]
+    [--ops OPS] [--out FILE]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m normlib.lab.bench", description=main.__doc__)
@@ -218,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
     parser.add_argument("--allocator", default="both", choices=("both", "default", "held"),
                         help="CPU: which allocator settings to run (default: both, each in its own process)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="CPU: whole runs per allocator setting, each in a fresh process (default: 1)")
     parser.add_argument("--ops", default=None, help="only these operations, comma-separated (default: all)")
     parser.add_argument("--out", default=None, help="where to write the JSON (default: print a summary only)")
     parser.add_argument("--summary", default="table", choices=("table", "none"), help=argparse.SUPPRESS)
@@ -227,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device) if args.device else default_device()
     ops = args.ops.split(",") if args.ops else None
     if device.type == "cpu" and args.allocator == "both":
-        report = run_allocators(["default", "held"], quick=args.quick, threads=args.threads, out=args.out, ops=ops)
+        report = run_allocators(["default", "held"], quick=args.quick, threads=args.threads, out=args.out, ops=ops,
+                                repeats=args.repeats)
     else:
         allocator = None if args.allocator == "both" else args.allocator
         report = run(quick=args.quick, device=str(device), out=args.out, allocator=allocator, ops=ops)

@@ -111,6 +111,35 @@ def _benchmark_cuda(fn: Callable[[], object], device: torch.device, *, reps: int
     return Timing(statistics.median(times), q[2] - q[0], reps, device_name(device), None)
 
 
+@dataclass(frozen=True)
+class OpTime:
+    """One operator in a :func:`profile_ops` listing: calls and self time per call of the profiled function."""
+
+    name: str
+    calls: float
+    self_ms: float
+
+
+def profile_ops(fn: Callable[[], object], runs: int = 5, warmup: int = 2) -> list[OpTime]:
+    """The ATen operators ``fn()`` runs on the CPU, with their self time, from ``torch.profiler``.
+
+    Averaged over ``runs`` calls after ``warmup``; sorted by self time, largest first. Only the operators
+    that do work of their own are listed (``aten::empty``, views and the autograd engine's bookkeeping
+    take no measurable time and are left out, as is any operator under 0.5% of the total).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    rows = [OpTime(e.key, e.count / runs, e.self_cpu_time_total / 1e3 / runs) for e in prof.key_averages()
+            if e.key.startswith("aten::")]
+    total = sum(r.self_ms for r in rows)
+    return sorted((r for r in rows if r.self_ms > 0.005 * total), key=lambda r: -r.self_ms)
+
+
 def hold_freed_memory() -> bool:
     """Make glibc keep freed memory in the process instead of handing it back to the OS; True if it did.
 
