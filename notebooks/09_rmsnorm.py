@@ -48,6 +48,7 @@ import torch
 import normlib
 from normlib import functional as NF
 from normlib import lab
+from normlib.lab import evidence
 
 lab.setup()
 
@@ -145,8 +146,60 @@ for name, layer in layers.items():
     print(f"{name:<18} forward+backward: {timing}")
 
 # %% [markdown]
-# Both norms read and write the same amount of memory, which is what bounds their speed on a GPU; the
-# speed lesson measures how close each implementation gets to that bound.
+# Both norms read and write the same amount of memory, which is what bounds their speed; the speed
+# lesson measures how close each implementation gets to that bound.
+#
+# ## Why torch's RMSNorm is the slower one on the CPU
+#
+# On the CPU the timing above usually shows torch's RMSNorm well behind its LayerNorm, although RMSNorm
+# does less arithmetic (the benchmark suite records 3x to 10x, forward+backward; see the speed lesson).
+# The profiler says why: it lists the operators each call runs and the time spent in each
+# (`normlib.lab.timing.profile_ops`, built on `torch.profiler`). Forward and backward of torch's two
+# functions on the same `(4096, 1024)` float32 tensor, on the CPU:
+
+# %% tags=["nbval-ignore-output"]
+from normlib.lab.timing import profile_ops
+
+xc = torch.randn(4096, 1024, requires_grad=True)
+wc = torch.ones(1024, requires_grad=True)
+dyc = torch.randn_like(xc)
+torch_norms = {"LayerNorm": lambda x: torch.nn.functional.layer_norm(x, [1024], wc),
+               "RMSNorm": lambda x: torch.nn.functional.rms_norm(x, [1024], wc)}
+profiles = {name: profile_ops(lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
+            for name, norm in torch_norms.items()}
+for name, ops in profiles.items():
+    total = sum(op.self_ms for op in ops)
+    print(f"torch {name}: {total:.2f} ms in {sum(op.calls for op in ops):.0f} operator calls")
+    for op in [op for op in ops if op.self_ms >= 0.01 * total][:7]:  # 1% of the time or more
+        print(f"  {op.name:<34} {op.calls:3.0f} calls {op.self_ms:7.3f} ms"
+              f" {op.self_ms / total:4.0%}")
+
+# %% [markdown]
+# LayerNorm is one fused kernel each way, `native_layer_norm` and `native_layer_norm_backward`: each
+# reads its inputs once, row by row, and keeps a row in cache between the statistics and the output.
+# RMSNorm, in the torch this book is tested with (2.13), is a *composite*: its `_fused_rms_norm` is
+# fused in name only on the CPU and calls one tensor operator per step of the formula
+# (`pow`, `mean`, `add`, `rsqrt`, `mul`, `mul`), and its backward is autograd through those steps:
+# multiplications, sums, a division and copies. Most of those read or write a full-size tensor, and
+# each such pass costs about what a whole fused LayerNorm kernel costs. Checked on the profile above:
+
+# %%
+def share(ops, names):
+    return sum(op.self_ms for op in ops if op.name in names) / sum(op.self_ms for op in ops)
+
+
+fused = {"aten::native_layer_norm", "aten::native_layer_norm_backward"}
+evidence.claim("LayerNorm: its two fused kernels take over 90% of its operator time",
+               share(profiles["LayerNorm"], fused), ">", 0.9)
+evidence.claim("RMSNorm: over 15 operator calls forward+backward",
+               sum(op.calls for op in profiles["RMSNorm"]), ">", 15)
+evidence.claim("RMSNorm: elementwise multiplications alone take over a third of its time",
+               share(profiles["RMSNorm"], {"aten::mul"}), ">", 1 / 3)
+
+# %% [markdown]
+# normlib's RMSNorm is no better in eager mode (it, too, is a composition of tensor ops), but under
+# `torch.compile` it becomes one fused loop per direction; the speed lesson compares the two in its
+# recorded results.
 #
 # ## Exercises
 #

@@ -89,3 +89,14 @@ def test_profile_ops_lists_the_operators_a_function_runs():
     assert "aten::native_layer_norm" in names and "aten::exp" in names
     assert all(op.calls >= 1 and op.self_ms > 0 for op in ops)
     assert [op.self_ms for op in ops] == sorted((op.self_ms for op in ops), reverse=True)
+
+
+def test_profile_ops_leaves_the_deterministic_setting_as_it_was():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        ops = bench.profile_ops(lambda: torch.nn.functional.layer_norm(torch.randn(8, 16), [16]), runs=1)
+        assert "aten::fill_" not in [op.name for op in ops]
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -13,8 +13,11 @@ bytes / median time, also given as a fraction of the device's copy bandwidth mea
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,24 +123,51 @@ class OpTime:
     self_ms: float
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send what C++ code writes to file descriptor 2 to /dev/null meanwhile (the profiler's own start and
+    stop messages, which would otherwise land in a notebook's output)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# Operators that allocate, reinterpret or dispatch but do no arithmetic of their own.
+_NO_WORK = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::to", "aten::view", "aten::reshape",
+            "aten::expand", "aten::as_strided", "aten::_unsafe_view", "aten::detach", "aten::resize_", "aten::t",
+            "aten::transpose", "aten::unsqueeze", "aten::squeeze", "aten::alias", "aten::lift_fresh"}
+
+
 def profile_ops(fn: Callable[[], object], runs: int = 5, warmup: int = 2) -> list[OpTime]:
     """The ATen operators ``fn()`` runs on the CPU, with their self time, from ``torch.profiler``.
 
-    Averaged over ``runs`` calls after ``warmup``; sorted by self time, largest first. Only the operators
-    that do work of their own are listed (``aten::empty``, views and the autograd engine's bookkeeping
-    take no measurable time and are left out, as is any operator under 0.5% of the total).
+    Averaged over ``runs`` calls after ``warmup``; sorted by self time, largest first. Operators that only
+    allocate, reinterpret or dispatch (``aten::empty``, views, ``aten::to``) are left out. Profiled with
+    deterministic algorithms off, torch's default (:func:`normlib.lab.setup` turns them on for the
+    lessons; they fill every new tensor with NaN first, which would show as ``aten::fill_``).
     """
     from torch.profiler import ProfilerActivity, profile
 
-    for _ in range(warmup):
-        fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(runs):
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        for _ in range(warmup):
             fn()
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                fn()
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     rows = [OpTime(e.key, e.count / runs, e.self_cpu_time_total / 1e3 / runs) for e in prof.key_averages()
-            if e.key.startswith("aten::")]
-    total = sum(r.self_ms for r in rows)
-    return sorted((r for r in rows if r.self_ms > 0.005 * total), key=lambda r: -r.self_ms)
+            if e.key.startswith("aten::") and e.key not in _NO_WORK]
+    return sorted(rows, key=lambda r: -r.self_ms)
 
 
 def hold_freed_memory() -> bool:
