@@ -164,9 +164,12 @@ def group_norm(x, num_groups: int, gamma=None, beta=None, eps: float = 1e-5) -> 
 def rms_norm(x, normalized_shape, gamma=None, eps: float | None = None) -> np.ndarray:
     r"""RMSNorm: :math:`y = x / \sqrt{\overline{x^2} + \epsilon} \odot \gamma` over the trailing axes.
 
-    ``eps=None`` is the machine epsilon of ``x``'s dtype (as ``torch.nn.RMSNorm``).
+    ``eps=None`` is the machine epsilon of the dtype the statistics are computed in, as in
+    ``torch.nn.RMSNorm``: float64's for float64 input, float32's for anything narrower (float16 included,
+    whose own epsilon is about 1e-3).
     """
-    eps = np.finfo(np.asarray(x).dtype).eps if eps is None else eps
+    if eps is None:
+        eps = np.finfo(np.float64 if np.asarray(x).dtype == np.float64 else np.float32).eps
     x = np.asarray(x, dtype=np.float64)
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)

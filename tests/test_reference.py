@@ -67,3 +67,12 @@ def test_group_norm_extremes_are_layer_and_instance_norm():
 def test_norm_set_sizes(kind, size):
     """|S_i| for an (N=4, C=6, HW=6) block: BN N*HW, LN C*HW, IN HW, GN (C/G)*HW with G=3."""
     assert norm_set_mask(kind, 4, 6, 6, groups=3, i=(1, 2)).sum() == size
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_rms_norm_default_eps_follows_torch(dtype):
+    """eps=None: float32's epsilon for float16 and float32 input, float64's for float64, as torch.nn.RMSNorm."""
+    x = np.full((2, 8), 1e-3, dtype=dtype)  # small enough that eps shows in the output
+    want = torch.nn.functional.rms_norm(torch.from_numpy(x.astype(np.float64)), [8],
+                                        eps=torch.finfo(torch.float64 if dtype == np.float64 else torch.float32).eps)
+    np.testing.assert_allclose(R.rms_norm(x, 8), want.numpy(), rtol=1e-6)
