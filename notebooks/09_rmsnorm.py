@@ -124,8 +124,10 @@ print(f"RMS of the output, bfloat16's eps:    {rms(with_bf16_eps):.2f}")
 # ## How fast is it?
 #
 # Forward and backward of LayerNorm and RMSNorm on a `(4096, 1024)` float32 activation, torch's native
-# modules and normlib's, on the GPU when there is one. (Timings vary, so this cell's output is not
-# checked.)
+# modules and normlib's, on the GPU when there is one. The timing turns off the deterministic
+# algorithms the lessons use (they fill every new tensor with NaN first, extra work torch does not do
+# by default) and takes the gradients with `torch.autograd.grad`, so that no call adds into a `.grad`
+# of the previous one. (Timings vary, so this cell's output is not checked.)
 
 # %% tags=["nbval-ignore-output"]
 from normlib.lab.timing import benchmark, default_device, device_name
@@ -140,22 +142,28 @@ layers = {
     "normlib LayerNorm": normlib.nn.LayerNorm(1024),
     "normlib RMSNorm": normlib.nn.RMSNorm(1024),
 }
+torch.use_deterministic_algorithms(False)
 for name, layer in layers.items():
     layer = layer.to(device)
-    timing = benchmark(lambda layer=layer: layer(xb).backward(dy), device)
-    print(f"{name:<18} forward+backward: {timing}")
+
+    def step(layer=layer):
+        return torch.autograd.grad(layer(xb), (xb, *layer.parameters()), dy)
+
+    print(f"{name:<18} forward+backward: {benchmark(step, device)}")
+torch.use_deterministic_algorithms(True, warn_only=True)  # as lab.setup() left it
 
 # %% [markdown]
-# Both norms read and write the same amount of memory, which is what bounds their speed; the speed
-# lesson measures how close each implementation gets to that bound.
+# The least memory the two norms must move is the same; the speed lesson measures how close each
+# implementation gets to that bound.
 #
 # ## Why torch's RMSNorm is the slower one on the CPU
 #
 # On the CPU the timing above usually shows torch's RMSNorm well behind its LayerNorm, although RMSNorm
-# does less arithmetic (the benchmark suite records 3x to 10x, forward+backward; see the speed lesson).
-# The profiler says why: it lists the operators each call runs and the time spent in each
-# (`normlib.lab.timing.profile_ops`, built on `torch.profiler`). Forward and backward of torch's two
-# functions on the same `(4096, 1024)` float32 tensor, on the CPU:
+# does less arithmetic (the speed lesson's recorded results: about 3x to 6x its time, forward+backward,
+# and more when the allocator hands memory back to the system). The profiler says why: it lists the
+# operators each call runs and the time spent in each (`normlib.lab.timing.profile_ops`, built on
+# `torch.profiler`). Forward and backward of torch's two functions on the same `(4096, 1024)` float32
+# tensor, on the CPU, with the operators that take 1% of the time or more:
 
 # %% tags=["nbval-ignore-output"]
 from normlib.lab.timing import profile_ops
@@ -165,41 +173,58 @@ wc = torch.ones(1024, requires_grad=True)
 dyc = torch.randn_like(xc)
 torch_norms = {"LayerNorm": lambda x: torch.nn.functional.layer_norm(x, [1024], wc),
                "RMSNorm": lambda x: torch.nn.functional.rms_norm(x, [1024], wc)}
-profiles = {name: profile_ops(lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
-            for name, norm in torch_norms.items()}
-for name, ops in profiles.items():
-    total = sum(op.self_ms for op in ops)
-    print(f"torch {name}: {total:.2f} ms in {sum(op.calls for op in ops):.0f} operator calls")
-    for op in [op for op in ops if op.self_ms >= 0.01 * total][:7]:  # 1% of the time or more
-        print(f"  {op.name:<34} {op.calls:3.0f} calls {op.self_ms:7.3f} ms"
-              f" {op.self_ms / total:4.0%}")
+profiles = {}
+for name, norm in torch_norms.items():
+    profiles[name] = profile_ops(
+        lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
+    total = sum(op.self_ms for op in profiles[name])
+    print(f"torch {name}: {total:.2f} ms"
+          f" in {sum(op.calls for op in profiles[name]):.0f} operator calls")
+    for op in profiles[name]:
+        if op.self_ms >= 0.01 * total:
+            print(f"  {op.name:<34} {op.calls:3.0f} calls {op.self_ms:7.3f} ms"
+                  f" {op.self_ms / total:4.0%}")
 
 # %% [markdown]
 # LayerNorm is one fused kernel each way, `native_layer_norm` and `native_layer_norm_backward`: each
 # reads its inputs once, row by row, and keeps a row in cache between the statistics and the output.
-# RMSNorm, in the torch this book is tested with (2.13), is a *composite*: its `_fused_rms_norm` is
-# fused in name only on the CPU and calls one tensor operator per step of the formula
-# (`pow`, `mean`, `add`, `rsqrt`, `mul`, `mul`), and its backward is autograd through those steps:
-# multiplications, sums, a division and copies. Most of those read or write a full-size tensor, and
-# each such pass costs about what a whole fused LayerNorm kernel costs. Checked on the profile above:
+# RMSNorm, in the torch this book is tested with (2.13), is a *composite*: it goes through an operator
+# named `_fused_rms_norm`, which on the CPU calls one tensor operator per step of the formula (`pow`,
+# `mean`, `add_`, `rsqrt`, `mul`, `mul`), and its backward is autograd through those steps:
+# multiplications (ten `mul` calls in all), sums, a division, powers and copies. Most of those read
+# or write a full-size tensor, and each such pass costs a large fraction of what a whole fused
+# LayerNorm kernel costs; the multiplications alone take more time than LayerNorm's two kernels
+# together. Checked on the profile above:
 
 # %%
+def total_ms(ops, names=None):
+    return sum(op.self_ms for op in ops if names is None or op.name in names)
+
+
 def share(ops, names):
-    return sum(op.self_ms for op in ops if op.name in names) / sum(op.self_ms for op in ops)
+    return total_ms(ops, names) / total_ms(ops)
 
 
 fused = {"aten::native_layer_norm", "aten::native_layer_norm_backward"}
+rms = profiles["RMSNorm"]
 evidence.claim("LayerNorm: its two fused kernels take over 90% of its operator time",
                share(profiles["LayerNorm"], fused), ">", 0.9)
-evidence.claim("RMSNorm: over 15 operator calls forward+backward",
-               sum(op.calls for op in profiles["RMSNorm"]), ">", 15)
-evidence.claim("RMSNorm: elementwise multiplications alone take over a third of its time",
-               share(profiles["RMSNorm"], {"aten::mul"}), ">", 1 / 3)
+calls = {op.name: op.calls for op in rms}
+evidence.claim("RMSNorm: it runs _fused_rms_norm once and mul ten times",
+               abs(calls.get("aten::_fused_rms_norm", 0) - 1)
+               + abs(calls.get("aten::mul", 0) - 10), "<", 0.5)
+evidence.claim("RMSNorm: over 15 calls to operators that take 1% of its time or more",
+               sum(op.calls for op in rms if op.self_ms >= 0.01 * total_ms(rms)),
+               ">", 15)
+evidence.claim("RMSNorm: its multiplications alone take longer than LayerNorm's two "
+               "kernels", total_ms(rms, {"aten::mul"}), ">",
+               total_ms(profiles["LayerNorm"], fused))
 
 # %% [markdown]
 # normlib's RMSNorm is no better in eager mode (it, too, is a composition of tensor ops), but under
-# `torch.compile` it becomes one fused loop per direction; the speed lesson compares the two in its
-# recorded results.
+# `torch.compile` it becomes a few fused loops (one for the forward; two for the backward, whose
+# $\partial L/\partial\gamma$ is a column sum); the speed lesson compares the two in its recorded
+# results.
 #
 # ## Exercises
 #

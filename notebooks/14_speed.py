@@ -76,11 +76,13 @@ for mode, tensors in BYTES_PER_PASS.items():
 # ## The bandwidth of this machine
 #
 # The reference point is a plain copy (`dst.copy_(src)`, reading and writing 256 MiB each), measured by
-# `normlib.lab.timing.copy_bandwidth` on whatever device runs this notebook (the GPU when there is one).
-# On the CPU we first ask glibc to keep freed memory (`normlib.lab.timing.hold_freed_memory`):
-# otherwise every call that allocates a tensor over 32 MiB pays for fresh pages from the operating
-# system, and we would be timing page faults. Timings vary from run to run and machine to machine, so
-# the output of the timing cells is not compared:
+# `normlib.lab.timing.copy_bandwidth` on whatever device runs this notebook (the GPU when there is one;
+# on the CPU, with the one thread the lessons use). On the CPU we first ask glibc to keep freed memory
+# (`normlib.lab.timing.hold_freed_memory`): otherwise glibc hands large freed blocks back to the
+# operating system (blocks of up to 32 MiB or more are mapped fresh and unmapped when freed, and free
+# memory at the top of the heap is trimmed), the next call gets fresh pages, and we would be timing
+# page faults. Timings vary from run to run and machine to machine, so the output of the timing cells is
+# not compared:
 
 # %% tags=["nbval-ignore-output"]
 device = timing.default_device()
@@ -91,11 +93,12 @@ print(f"{timing.device_name(device)}: copy bandwidth {live_bandwidth:.1f} GB/s")
 
 # %% [markdown]
 # A live measurement of one case: LayerNorm forward and backward on `(2048, 4096)` float32 (32 MiB per
-# tensor, more than the caches of most CPUs), torch's kernel against normlib's eager composition of
-# tensor ops (`normlib.functional`, backward by autograd) and `normlib.manual` (the hand-derived
-# backward of the backprop lesson) under `torch.compile` (compilation excluded from the time; where
-# `torch.compile` cannot build its code, on a machine without a C++ compiler for instance, the cell
-# says so and goes on):
+# tensor), torch's kernel against normlib's eager composition of tensor ops (`normlib.functional`,
+# backward by autograd) and `normlib.manual` (the hand-derived backward of the backprop lesson) under
+# `torch.compile` (compilation excluded from the time; where `torch.compile` cannot build its code, on a
+# machine without a C++ compiler for instance, the cell says so and goes on). The lessons turn on
+# deterministic algorithms, which fill every new tensor with NaN first; the timing turns them off, as
+# torch's default is:
 
 # %% tags=["nbval-ignore-output"]
 x = torch.randn(2048, 4096, device=device, requires_grad=True)
@@ -105,6 +108,7 @@ dy = torch.randn_like(x)
 compiled = torch.compile(normlib.manual.layer_norm, fullgraph=True)
 variants = {"torch": torch.nn.functional.layer_norm,
             "normlib": normlib.functional.layer_norm, "normlib compiled": compiled}
+torch.use_deterministic_algorithms(False)
 for name, fn in variants.items():
     def step(fn=fn):
         return torch.autograd.grad(fn(x, [4096], w, bias), (x, w, bias), dy)
@@ -118,6 +122,7 @@ for name, fn in variants.items():
     gbps = model_bytes(x.numel(), 4, "forward+backward") / t.median_s / 1e9
     print(f"{name:<17} {t.median_s * 1e3:7.2f} ms  {gbps:6.1f} GB/s"
           f" = {gbps / live_bandwidth:4.0%} of copy")
+torch.use_deterministic_algorithms(True, warn_only=True)  # as lab.setup() left it
 
 # %% [markdown]
 # ## Recorded results
@@ -126,19 +131,20 @@ for name, fn in variants.items():
 # LayerNorm and RMSNorm at 4096 rows and 1,024 to 16,384 columns; BatchNorm, InstanceNorm and GroupNorm
 # (8 and 32 groups) on three image-shaped tensors; dropout; forward and forward+backward; every
 # implementation checked against torch before it is timed. The implementations of one case are timed
-# interleaved, round by round, so that a slow moment of the machine hits them all alike. On the CPU the
-# whole suite runs several times, each run in a fresh process, under two settings of the allocator:
+# interleaved, round by round, so that a slow moment of the machine is spread over all of them rather
+# than landing on one. On the CPU the whole suite runs several times, each run in a fresh process, under
+# two settings of the allocator:
 #
 # - **held**: glibc keeps freed memory, as in the cell above, so the times are those of the kernels;
-# - **default**: the allocator as a program gets it. glibc then maps every block over its threshold
-#   (at most 32 MiB) fresh from the operating system and hands it back when it is freed, so each large
-#   tensor a call creates also costs page faults, and an implementation that creates more temporaries
-#   pays more of them. This is what a training loop sees unless it uses another allocator.
+# - **default**: the allocator as a program gets it. glibc then hands large freed blocks back to the
+#   operating system, as described above, so a call that creates large tensors also pays page faults,
+#   and an implementation that creates more or larger temporaries can pay more of them. This is what a
+#   training loop sees unless it uses another allocator.
 #
-# A recorded time is the median over the runs. The runs also show the spread: within one process the
-# rounds of a case agree closely, but from one process to the next a case can move by tens of percent
-# on a shared machine (where the buffers land in memory, what the neighbours are doing), which is why a
-# single run is not enough to compare two implementations within 20%. The files in
+# A recorded time is the median over the runs, and the runs show the spread. It is large on the shared
+# machine these results come from: a single run of a case, and even the ratio of two implementations
+# timed side by side, can be off by several times (the bars in the plots below), which is why a single
+# run cannot settle whether an implementation is within 20% of another. The files in
 # `normlib/lab/results/` ship with normlib and `normlib.lab.bench.recorded()` loads them, so the cells
 # below need nothing but normlib; they only read the files, so their output is compared like any other.
 # What was recorded, and where:
@@ -148,7 +154,11 @@ reports = recorded()
 for name, r in reports.items():
     print(f"{name}: {r['device']}, torch {r['torch']}, {r['date']}")
     print(f"  {r.get('repeats', 1)} runs per allocator setting"
-          f" ({', '.join(r['allocators'])}), copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s")
+          f" ({', '.join(r['allocators'])}),"
+          f" copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s")
+    if r.get("cpu"):
+        c = r["cpu"]
+        print(f"  {c['model']}, L2 {c['L2']} per core, L3 {c['L3']}")
 cpu = next(r for r in reports.values() if r["device_type"] == "cpu")
 
 SHORT = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm", "batch_norm": "BatchNorm",
@@ -160,16 +170,17 @@ def result(report, op, impl, mode, shape, groups=None, allocator="held"):
     """The one recorded float32 result for this case."""
     case = (op, impl, mode, list(shape), groups, allocator, "float32")
     [row] = [r for r in report["results"]
-             if (r["op"], r["impl"], r["mode"], r["shape"], r.get("groups"), r["allocator"],
-                 r["dtype"]) == case]
+             if (r["op"], r["impl"], r["mode"], r["shape"], r.get("groups"),
+                 r["allocator"], r["dtype"]) == case]
     return row
 
 
 def cases(report, op=None):
     """Every recorded (op, shape, groups), in the order of SHORT, or those of one op."""
     found = {(r["op"], tuple(r["shape"]), r.get("groups")) for r in report["results"]}
+    order = list(SHORT)
     return sorted((c for c in found if op in (None, c[0])),
-                  key=lambda c: (list(SHORT).index(c[0]), len(c[1]), c[1], c[2] or 0))
+                  key=lambda c: (order.index(c[0]), len(c[1]), c[1], c[2] or 0))
 
 
 def label(op, shape, groups=None):
@@ -193,16 +204,17 @@ def ratio(case, impl, mode, allocator="held"):
 # LayerNorm and RMSNorm, forward+backward, as a fraction of the copy bandwidth against the row width
 # (allocator held: the kernels alone):
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Recorded LayerNorm and RMSNorm forward+backward (float32, 4096 rows, allocator held) on the CPU of the recorded results, as a fraction of that machine's copy bandwidth, for torch's kernels, eager normlib and compiled normlib; median of the runs.", "name": "fig-14-bandwidth"}, "image": {"alt": "Two line plots, LayerNorm and RMSNorm, of the percentage of copy bandwidth against the row width from 1k to 16k, one line per implementation."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Recorded LayerNorm and RMSNorm forward+backward (float32, 4096 rows, allocator held) as a fraction of the recording machine's copy bandwidth, for torch, eager normlib and compiled normlib; median of the runs. In the RMSNorm panel torch and eager normlib nearly coincide.", "name": "fig-14-bandwidth"}, "image": {"alt": "Two line plots, LayerNorm and RMSNorm, of the percentage of copy bandwidth against the row width from 1k to 16k, one line per implementation."}}
 IMPLS = {"torch": "torch", "normlib": "normlib (eager)",
          "normlib-compiled": "normlib compiled"}
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), sharey=True)
 for ax, op in zip(axes, ("layer_norm", "rms_norm"), strict=True):
     widths = [c[1][1] for c in cases(cpu, op)]
-    for impl, name in IMPLS.items():
+    for (impl, name), style in zip(IMPLS.items(), ("s-", "o--", "o-"), strict=True):
         rows = [result(cpu, op, impl, "forward+backward", c[1]) for c in cases(cpu, op)]
         percent = [100 * r["fraction_of_copy"] for r in rows]
-        ax.plot(widths, percent, marker="o", label=name)
+        ax.plot(widths, percent, style, mfc="none" if impl == "normlib" else None,
+                label=name)
     ax.set(title=SHORT[op], xlabel="row width", xscale="log")
     ax.set_xticks(widths, [f"{w // 1024}k" for w in widths])
     ax.minorticks_off()
@@ -218,10 +230,11 @@ fig.tight_layout()
 
 # %%
 def plot_ratios(report, mode):
-    """One row per case, one panel per allocator setting: normlib's time over torch's (log scale)."""
+    """One row per case, one panel per allocator: normlib's time over torch's."""
     rows = cases(report)
     allocators = [a for a in ("held", "default") if a in report["allocators"]]
-    fig, axes = plt.subplots(1, len(allocators), figsize=(7, 6.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(allocators), figsize=(7, 6.4), sharey=True,
+                             squeeze=False)
     ys = list(range(len(rows)))[::-1]
     styles = {"normlib": ("C1", "none"), "normlib-compiled": ("C2", "C2")}
     for ax, allocator in zip(axes[0], allocators, strict=True):
@@ -233,9 +246,9 @@ def plot_ratios(report, mode):
             ax.errorbar(mid, ys, xerr=spread, fmt="o", color=color, mfc=fill, ms=4,
                         elinewidth=1, capsize=2, label=IMPLS[impl])
         ax.axvline(1.0, color="0.3", label="torch")
-        ax.axvline(1.2, color="0.3", linestyle="--", label="1.2 x torch")
-        ticks = [0.2, 0.5, 1, 2, 5, 20]
-        ax.set(xscale="log", xlim=(0.1, 60), title=f"{mode}\nallocator: {allocator}",
+        ax.axvline(1.2, color="0.3", linestyle="--", label="1.2x torch")
+        ticks = [0.2, 0.5, 1, 2, 5, 10, 20]
+        ax.set(xscale="log", xlim=(0.1, 40), title=f"{mode}\nallocator: {allocator}",
                xlabel="time / torch's time")
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
@@ -246,7 +259,7 @@ def plot_ratios(report, mode):
     fig.tight_layout()
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Recorded forward+backward time of eager and compiled normlib relative to torch's kernels (float32) for every case of the suite on the recorded CPU, with the allocator holding freed memory (left) and as a program gets it (right), on a log scale: the median over the runs, bars from the lowest to the highest run. The solid line is torch's time, the dashed line 1.2 times it.", "name": "fig-14-ratio"}, "image": {"alt": "Two dot plots side by side, allocator held and allocator default, with one row per case (LayerNorm and RMSNorm at five widths, BatchNorm and InstanceNorm at three shapes, GroupNorm at three shapes with 8 and 32 groups, dropout) and the forward+backward time relative to torch on a logarithmic horizontal axis; open circles for eager normlib, filled circles for compiled normlib, horizontal bars for the spread over the runs, a solid line at 1 and a dashed line at 1.2."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Recorded forward+backward time of eager and compiled normlib relative to torch's kernels (float32) for every case of the suite on the recorded CPU, with the allocator holding freed memory (left) and as a program gets it (right), on a log scale: the median over the runs, bars from the lowest to the highest run. The solid line is torch's time, the dashed line 1.2 times it.", "name": "fig-14-ratio"}, "image": {"alt": "Two dot plots side by side, allocator held and allocator default, with one row per case (LayerNorm and RMSNorm at five widths, BatchNorm at three shapes, GroupNorm at three shapes with 8 and 32 groups, InstanceNorm at three shapes, dropout) and the forward+backward time relative to torch on a logarithmic horizontal axis; open circles for eager normlib, filled circles for compiled normlib, horizontal bars for the spread over the runs, a solid line at 1 and a dashed line at 1.2."}}
 plot_ratios(cpu, "forward+backward")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The same for the forward pass alone.", "name": "fig-14-ratio-forward"}, "image": {"alt": "Two dot plots side by side, allocator held and allocator default, with one row per case and the forward time of eager and compiled normlib relative to torch on a logarithmic horizontal axis, with a solid line at 1 and a dashed line at 1.2."}}
@@ -258,70 +271,131 @@ plot_ratios(cpu, "forward")
 # The goal for normlib on the CPU: compiled normlib, forward+backward, within 1.2x of torch's native
 # kernels for every norm and shape, under both allocator settings. A norm written from its formula as a
 # few tensor ops should not have to be rewritten by hand to be usable: if the compiler gets within 20% of
-# the hand-fused kernels, the code that explains the norm is also the code worth running. Where the
-# recorded results stand (median over the runs):
+# the hand-fused kernels, the code that explains the norm is also the code worth running. Given the
+# spread between runs, each case is sorted by its runs: met (every run within 1.2x), missed (every run
+# over it) or undecided (runs on both sides):
 
 # %%
 GOAL = 1.2
 norms = [c for c in cases(cpu) if c[0] != "dropout"]
+verdicts = {}
 for allocator in cpu["allocators"]:
-    missed = [c for c in norms if ratio(c, "normlib-compiled", "forward+backward", allocator) > GOAL]
-    print(f"allocator {allocator}: {len(norms) - len(missed)} of {len(norms)} cases within {GOAL}x")
-    print(textwrap.fill("missed: " + (", ".join(label(*c) for c in missed) or "none"), 88,
-                        initial_indent="  ", subsequent_indent="    "))
+    sorted_cases = {"met": [], "missed": [], "undecided": []}
+    for c in norms:
+        runs = ratios(c, "normlib-compiled", "forward+backward", allocator)
+        verdict = ("met" if max(runs) <= GOAL else "missed" if min(runs) > GOAL
+                   else "undecided")
+        sorted_cases[verdict].append(c)
+    verdicts[allocator] = sorted_cases
+    met = len(sorted_cases["met"])
+    print(f"allocator {allocator}: {met} of {len(norms)} cases met")
+    for verdict in ("missed", "undecided"):
+        names = ", ".join(label(*c) for c in sorted_cases[verdict]) or "none"
+        print(textwrap.fill(f"{verdict}: {names}", 88, initial_indent="  ",
+                            subsequent_indent="    "))
 
 # %% [markdown]
 # What the recorded results say, checked against the files each time the lesson runs (so the text
 # below stays true of the results the package ships):
 
 # %%
-def worst(ops, impl, mode, allocators=("held", "default"), over=None):
-    """The largest median ratio over the cases of ops (over=impl: impl's time over that impl's)."""
-    found = []
-    for c in (c for c in cases(cpu) if c[0] in ops):
-        for a in allocators:
-            mine = ratio(c, impl, mode, a)
-            found.append(mine / ratio(c, over, mode, a) if over else mine)
-    return max(found)
+def ratio_range(ops, impl, mode, allocators=("held", "default"), over="torch"):
+    """The smallest and largest median ratio of impl's time over another's (over),
+    across the cases of ops and the allocator settings."""
+    found = [ratio(c, impl, mode, a)
+             / (ratio(c, over, mode, a) if over != "torch" else 1)
+             for c in cases(cpu) if c[0] in ops for a in allocators]
+    return min(found), max(found)
 
 
 norm_ops = [op for op in SHORT if op != "dropout"]
-evidence.claim("eager normlib takes over 3x torch's time for LayerNorm and GroupNorm, "
+fused_ops = ("layer_norm", "group_norm")
+evidence.claim("eager normlib takes over 5x torch's time for LayerNorm and GroupNorm, "
                "forward+backward, both settings",
-               1 / worst(("layer_norm", "group_norm"), "torch", "forward+backward",
-                         over="normlib"), ">", 3)
-evidence.claim("compiling makes normlib faster than eager for every norm, shape, setting and mode",
-               max(worst(norm_ops, "normlib-compiled", mode, over="normlib")
+               ratio_range(fused_ops, "normlib", "forward+backward")[0], ">", 5)
+evidence.claim("compiling makes normlib faster than eager for every norm, shape, "
+               "setting and mode",
+               max(ratio_range(norm_ops, "normlib-compiled", mode, over="normlib")[1]
                    for mode in BYTES_PER_PASS), "<", 1)
-evidence.claim("compiled RMSNorm, BatchNorm and InstanceNorm are faster than torch at every "
-               "shape, both settings, forward and forward+backward",
-               max(worst(("rms_norm", "batch_norm", "instance_norm"), "normlib-compiled", mode)
-                   for mode in BYTES_PER_PASS), "<", 1)
-evidence.claim("compiled LayerNorm's forward is within 1.2x of torch at every width, both settings",
-               worst(("layer_norm",), "normlib-compiled", "forward"), "<", GOAL)
-big_groups = [c for c in cases(cpu, "group_norm") if c[1][2] in (28, 56)]
-evidence.claim("compiled GroupNorm's forward misses the goal at the 28x28 and 56x56 shapes, "
-               "both group counts (held)",
-               min(ratio(c, "normlib-compiled", "forward") for c in big_groups), ">", GOAL)
-faults = [result(cpu, "layer_norm", "torch", "forward+backward", c[1], allocator="default")
-          ["median_ms"] / result(cpu, "layer_norm", "torch", "forward+backward", c[1])["median_ms"]
-          for c in cases(cpu, "layer_norm") if c[1][1] >= 2048]
-evidence.claim("torch's own LayerNorm takes over twice as long under the default allocator as "
-               "with freed memory held, forward+backward, at 2k columns and more",
-               min(faults), ">", 2)
-dropout = [r["fraction_of_copy"] for r in cpu["results"] if r["op"] == "dropout"]
-evidence.claim("every dropout reaches under a tenth of the copy bandwidth", max(dropout), "<", 0.1)
+fast_ops = ("rms_norm", "batch_norm", "instance_norm")
+evidence.claim("compiled RMSNorm, BatchNorm and InstanceNorm take under 0.7x torch's "
+               "time at every shape, both settings, forward and forward+backward",
+               max(ratio_range(fast_ops, "normlib-compiled", mode)[1]
+                   for mode in BYTES_PER_PASS), "<", 0.7)
+evidence.claim("compiled LayerNorm's forward is within 1.2x of torch at every width, "
+               "both settings",
+               ratio_range(("layer_norm",), "normlib-compiled", "forward")[1],
+               "<", GOAL)
+
+
+def group_size(c):
+    return c[1][1] // c[2] * c[1][2] * c[1][3]  # C/G x H x W elements per group
+
+
+small = [c for c in cases(cpu, "group_norm") if group_size(c) <= 4096]
+large = [c for c in cases(cpu, "group_norm") if group_size(c) > 4096]
+print("elements per group:", sorted({group_size(c) for c in cases(cpu, "group_norm")}))
+evidence.claim("compiled GroupNorm's forward is within 1.2x of torch where a group has "
+               "at most 4096 elements, both settings",
+               max(ratio(c, "normlib-compiled", "forward", a)
+                   for c in small for a in cpu["allocators"]), "<", GOAL)
+evidence.claim("and misses it where a group has more, both settings",
+               min(ratio(c, "normlib-compiled", "forward", a)
+                   for c in large for a in cpu["allocators"]), ">", GOAL)
+wide = [c for c in cases(cpu, "layer_norm") if c[1][1] > 4096]
+narrow = [c for c in cases(cpu, "layer_norm") if c[1][1] <= 4096]
+evidence.claim("compiled LayerNorm forward+backward is furthest from torch at 8k and "
+               "16k columns (held)",
+               min(ratio(c, "normlib-compiled", "forward+backward") for c in wide), ">",
+               max(ratio(c, "normlib-compiled", "forward+backward") for c in narrow))
+evidence.claim("compiled LayerNorm forward+backward is nearer torch under the default "
+               "allocator than with memory held at 8k and 16k columns",
+               max(ratio(c, "normlib-compiled", "forward+backward", "default")
+                   - ratio(c, "normlib-compiled", "forward+backward")
+                   for c in wide), "<", 0)
+def held_to_default(impl, width):
+    """How much longer impl's LayerNorm forward+backward takes under the default
+    allocator than with freed memory held."""
+    shape = (4096, width)
+    return (result(cpu, "layer_norm", impl, "forward+backward", shape,
+                   allocator="default")["median_ms"]
+            / result(cpu, "layer_norm", impl, "forward+backward", shape)["median_ms"])
+
+
+faults = [held_to_default("torch", c[1][1]) for c in cases(cpu, "layer_norm")
+          if c[1][1] >= 2048]
+evidence.claim("torch's own LayerNorm takes over 3x as long under the default "
+               "allocator as with freed memory held, forward+backward, at 2k columns "
+               "and more",
+               min(faults), ">", 3)
+dropout = [r for r in cpu["results"] if r["op"] == "dropout"]
+evidence.claim("every dropout reaches under a tenth of the copy bandwidth",
+               max(r["fraction_of_copy"] for r in dropout), "<", 0.1)
+backward_share = [r["median_ms"]
+                  / result(cpu, "dropout", r["impl"], "forward", r["shape"],
+                           allocator=r["allocator"])["median_ms"]
+                  for r in dropout if r["mode"] == "forward+backward"]
+evidence.claim("and its forward+backward takes under 1.3x its forward alone",
+               max(backward_share), "<", 1.3)
+
+
+evidence.claim("at 1k columns the default allocator costs compiled LayerNorm over 1.5x",
+               held_to_default("normlib-compiled", 1024), ">", 1.5)
+evidence.claim("and costs torch's LayerNorm under 1.1x",
+               held_to_default("torch", 1024), "<", 1.1)
 
 # %% [markdown]
 # How to read these numbers:
 #
 # - **The goal is met, with room to spare, by RMSNorm, BatchNorm and InstanceNorm**: compiled normlib
-#   is faster than torch's kernels there. It is missed by LayerNorm's forward+backward at some widths
-#   and by GroupNorm at some shapes; the lists above say which, under each allocator setting.
+#   takes under 0.7x torch's time there. LayerNorm and GroupNorm miss it at some shapes; the lists
+#   above say which, under each allocator setting.
 # - **Eager normlib is slow where torch has a fused kernel**: each tensor op reads and writes the whole
-#   tensor, so a composition of ten ops moves several times the bytes of the model. That is the price of
-#   writing a norm as tensor ops, and why libraries ship fused kernels. Where eager normlib keeps up,
-#   as in RMSNorm, torch's own CPU path is not more fused than normlib's (see below).
+#   tensor, so a composition of ten ops moves several times the bytes of the model, and its temporaries
+#   cost more still once they no longer fit in a cache (eager LayerNorm falls furthest behind at 8k and
+#   16k columns). That is the price of writing a norm as tensor ops, and why libraries ship fused
+#   kernels. Where eager normlib keeps up, torch's own CPU path is not much faster than a composition of
+#   ops: RMSNorm (see below), and the forward of BatchNorm and InstanceNorm.
 # - **Compiling fuses the ops** into a few loops over memory, with no change to the code. The compiled
 #   variant compiles `normlib.manual`, whose backward is written so that it compiles well: the sums the
 #   backward needs are taken once per "cell" (per channel for BatchNorm, per sample and channel for
@@ -329,50 +403,67 @@ evidence.claim("every dropout reaches under a tenth of the copy bandwidth", max(
 #   LayerNorm's $\partial L/\partial\gamma$ are taken over blocks of rows, in the order memory is laid
 #   out, and GroupNorm is laid out as one row per (sample, group) pair, so that each group's statistics,
 #   output and gradients are computed in one loop while the group is in cache.
-# - **Where compiled LayerNorm trails torch, it is in the backward**: its forward is within the goal at
-#   every width. The backward needs a reduction along rows (the statistics' gradient) and one along
-#   columns ($\partial L/\partial\gamma$, $\partial L/\partial\beta$); torch's hand-fused CPU kernel
-#   does both in one pass over memory, while the compiler will not put reductions along different axes
-#   in the same loop, so it reads $x$ and $\partial L/\partial y$ twice: five tensors' worth of traffic
-#   where torch moves three.
-# - **Where compiled GroupNorm trails torch, arithmetic sets the time, not memory**: each group (a few
-#   thousand to a few tens of thousands of elements) fits in cache. The statistics take two sweeps over
-#   a group (the mean, then the squared deviations from it: the numerically safe order of the first
-#   lesson), and the loops the compiler generates for a sum add into a single vector register, a chain
-#   of dependent additions (read the generated code with `TORCH_LOGS=output_code`). torch's kernel
-#   computes mean and variance in one sweep with Welford's algorithm on every vector lane.
-# - **The default allocator** adds page faults to every call that creates a tensor above glibc's
-#   threshold: torch's own LayerNorm takes twice as long or more from 2k columns on. Both implementations
-#   pay them, so the ratios move less than the times, though not all alike: which cases miss the goal
-#   differs between the two settings (compare the two lists above).
-# - **Dropout on the CPU** is bound by generating random numbers, not by memory: every implementation
-#   draws one random number per element, and that dominates.
-# - **Above 100% of copy** means the tensor fit in a cache: the copy was measured on 256 MiB, far larger
-#   than any cache. The byte model is a floor for tensors that live in main memory.
+# - **Where compiled LayerNorm trails torch with memory held, it is in the backward**: its forward is
+#   within the goal at every width. The backward needs a reduction along rows (the statistics' gradient)
+#   and one along columns ($\partial L/\partial\gamma$, $\partial L/\partial\beta$); torch's hand-fused
+#   CPU kernel does both in one pass over memory, while the compiler will not put reductions along
+#   different axes in the same loop, so it reads $x$ and $\partial L/\partial y$ twice: five tensors'
+#   worth of traffic where torch moves three. By the byte model alone that would cost at most
+#   $(2 + 5)/(2 + 3) = 1.4$ times torch's time. The ratio is highest at 8k and 16k columns, where rows
+#   exceed 4096 elements and the compiler's row sums switch to a slower, more accurate form (next
+#   point).
+# - **Where compiled GroupNorm trails torch, it is where a group has more than 4096 elements** (checked
+#   above). Each group fits in cache, so arithmetic, not memory, sets the time. For a float32 sum over
+#   more than 4096 elements, the code the compiler generates (read it with `TORCH_LOGS=output_code`)
+#   switches to a cascade summation that keeps its running sums in memory rather than in a register;
+#   the statistics take two such sweeps (the mean, then the squared deviations from it: the numerically
+#   safe order of the first lesson), where torch's kernel computes both in one sweep (ATen's
+#   `RowwiseMoments`: Welford's algorithm on many vector lanes at once).
+# - **The default allocator** adds page faults to calls that create large tensors: torch's own
+#   LayerNorm takes more than three times as long from 2k columns on. A cost both sides pay pulls their
+#   ratio toward 1 (compiled LayerNorm at 8k and 16k columns is nearer torch under the default
+#   allocator), while one that only one side pays pushes it away: at 1k columns (16 MiB tensors) the
+#   compiled LayerNorm's buffers are handed back and faulted in again on every call, torch's are not.
+# - **Dropout on the CPU** runs far below the copy bandwidth, and its backward (a multiplication by the
+#   stored mask) adds little to its forward: generating one random number per element, which every
+#   implementation does, sets its time, not memory.
+# - **Above 100% of copy** means the tensors fit in a cache (the recording machine's last-level cache is
+#   listed above; the copy was measured on 256 MiB). The byte model is a floor for tensors that live in
+#   main memory.
 # - **The GPU** is where the Triton kernels (`normlib.kernels`) matter; the suite times them as
 #   `normlib-triton` when it runs on one. The recorded results listed above say which devices they come
 #   from: run `python -m normlib.lab.bench --out normlib/lab/results/NAME.json` on a GPU to add its file.
 #
 # ## Why torch's RMSNorm trails its LayerNorm on the CPU
 #
-# The two norms move the same bytes, yet in the recorded results torch's RMSNorm takes several times its
-# LayerNorm's time, forward+backward (allocator held):
+# The two norms must move the same bytes, yet in the recorded results torch's RMSNorm takes several
+# times its LayerNorm's time, forward+backward:
 
 # %%
-rms_over_ln = {w: result(cpu, "rms_norm", "torch", "forward+backward", (4096, w))["median_ms"]
-               / result(cpu, "layer_norm", "torch", "forward+backward", (4096, w))["median_ms"]
-               for w in [c[1][1] for c in cases(cpu, "rms_norm")]}
-print("torch RMSNorm / torch LayerNorm, forward+backward:\n  "
-      + ", ".join(f"{w // 1024}k: {r:.1f}x" for w, r in rms_over_ln.items()))
-evidence.claim("torch's RMSNorm takes over 2.5x its LayerNorm's time at every width",
-               min(rms_over_ln.values()), ">", 2.5)
+rms_over_ln = {}
+print("torch RMSNorm / torch LayerNorm, forward+backward, 1k to 16k columns:")
+for allocator in cpu["allocators"]:
+    rms_over_ln[allocator] = [
+        result(cpu, "rms_norm", "torch", "forward+backward", c[1],
+               allocator=allocator)["median_ms"]
+        / result(cpu, "layer_norm", "torch", "forward+backward", c[1],
+                 allocator=allocator)["median_ms"]
+        for c in cases(cpu, "rms_norm")]
+    print(f"  allocator {allocator}: "
+          + ", ".join(f"{r:.1f}x" for r in rms_over_ln[allocator]))
+evidence.claim("torch's RMSNorm takes over 2.5x its LayerNorm's time at every width, "
+               "both settings", min(min(r) for r in rms_over_ln.values()), ">", 2.5)
+evidence.claim("compiled normlib's RMSNorm takes under 0.4x torch's, forward+backward, "
+               "both settings",
+               ratio_range(("rms_norm",), "normlib-compiled", "forward+backward")[1],
+               "<", 0.4)
 
 # %% [markdown]
 # The profiler shows where that time goes (`normlib.lab.timing.profile_ops`, on the CPU, here on a
 # `(4096, 1024)` float32 tensor; the RMSNorm lesson goes through it in detail): LayerNorm runs one fused
 # kernel each way, while torch's CPU RMSNorm, in the torch this book is tested with, is a composite
 # that runs one tensor operator per step of the formula, and its backward is autograd through them.
-# Each of those operators is a pass over memory:
+# The operators that take the time each make a full pass over memory:
 
 # %% tags=["nbval-ignore-output"]
 xc = torch.randn(4096, 1024, requires_grad=True)
@@ -380,29 +471,29 @@ wc = torch.ones(1024, requires_grad=True)
 dyc = torch.randn_like(xc)
 torch_norms = {"LayerNorm": lambda x: torch.nn.functional.layer_norm(x, [1024], wc),
                "RMSNorm": lambda x: torch.nn.functional.rms_norm(x, [1024], wc)}
-profiles = {name: timing.profile_ops(lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
-            for name, norm in torch_norms.items()}
-for name, ops in profiles.items():
+profiles = {}
+for name, norm in torch_norms.items():
+    ops = timing.profile_ops(
+        lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
     total = sum(op.self_ms for op in ops)
+    # the operators that take 1% of the time or more
+    profiles[name] = [op for op in ops if op.self_ms >= 0.01 * total]
     calls = ", ".join(f"{op.name.removeprefix('aten::')} x{op.calls:.0f}"
-                      for op in ops if op.self_ms >= 0.01 * total)  # 1% of the time or more
-    print(textwrap.fill(f"torch {name}: {sum(op.calls for op in ops):.0f} operator calls,"
-                        f" the ones that take the time: {calls}", 88, subsequent_indent="  "))
+                      for op in profiles[name])
+    print(textwrap.fill(f"torch {name}, the operators that take the time: {calls}", 88,
+                        subsequent_indent="  "))
 
 # %%
-def share(ops, names):
-    return sum(op.self_ms for op in ops if op.name in names) / sum(op.self_ms for op in ops)
-
-
-evidence.claim("LayerNorm: its two fused kernels take over 90% of its operator time",
-               share(profiles["LayerNorm"],
-                     {"aten::native_layer_norm", "aten::native_layer_norm_backward"}), ">", 0.9)
-evidence.claim("RMSNorm: over 15 operator calls forward+backward",
+evidence.claim("LayerNorm: two fused operators take the time",
+               len(profiles["LayerNorm"]), "<", 3)
+evidence.claim("RMSNorm: over 15 calls to operators that take the time, "
+               "forward+backward",
                sum(op.calls for op in profiles["RMSNorm"]), ">", 15)
 
 # %% [markdown]
-# Compiling normlib's RMSNorm fuses those steps into one loop each way, which is why compiled normlib is
-# several times faster than torch's RMSNorm on the CPU (in the recorded results, and checked above).
+# Compiling normlib's RMSNorm fuses those steps into a few loops over memory (one for the forward, two
+# for the backward, whose $\partial L/\partial\gamma$ is a column sum as in LayerNorm), which is why
+# compiled normlib takes well under half of torch's RMSNorm time on the CPU.
 #
 # ## Exercises
 #

@@ -32,7 +32,7 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     report = bench_suite.run(quick=True, device="cpu", out=str(out), progress=False)
     assert json.loads(out.read_text()) == report
-    for key in ("device", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps", "compiled",
+    for key in ("device", "cpu", "torch", "triton", "date", "threads", "byte_model", "copy_bandwidth_GBps", "compiled",
                 "timing", "allocators"):
         assert key in report
     assert list(report["allocators"]) == ["held"]

@@ -6,11 +6,12 @@ autograd), ``normlib-compiled`` (normlib.manual, the hand-derived backward, unde
 normlib.functional's) and, on a GPU, ``normlib-triton`` (normlib.kernels). Each is checked against torch
 before it is timed. Forward+backward is one call of ``torch.autograd.grad`` for the input and the
 parameters (no gradient accumulation into ``.grad``, which would add traffic of its own). The
-implementations of one case are timed interleaved (:func:`normlib.lab.timing.compare`), so that their
-ratios do not depend on what else the machine did while one of them ran.
+implementations of one case are timed interleaved (:func:`normlib.lab.timing.compare`), so that what else
+the machine does meanwhile is spread over all of them rather than landing on one.
 
-On the CPU the suite runs twice, each time in a fresh process: with the allocator as a user gets it
-(``default``) and with glibc keeping freed memory (``held``, :func:`normlib.lab.timing.hold_freed_memory`).
+On the CPU the suite runs under two allocator settings, each in a fresh process (``--repeats`` runs it
+several times): with the allocator as a user gets it (``default``) and with glibc keeping freed memory
+(``held``, :func:`normlib.lab.timing.hold_freed_memory`).
 The first is what a training loop sees when each step allocates large tensors afresh; the second shows
 the kernels alone, without the page faults.
 """
@@ -32,7 +33,15 @@ import torch.nn.functional as TF
 
 from normlib import functional as NF
 from normlib import manual as NM
-from normlib.lab.timing import compare, copy_bandwidth, default_device, device_name, hold_freed_memory, model_bytes
+from normlib.lab.timing import (
+    compare,
+    copy_bandwidth,
+    cpu_details,
+    default_device,
+    device_name,
+    hold_freed_memory,
+    model_bytes,
+)
 
 ALLOCATORS = {
     "default": "the platform's allocator as it comes (glibc: blocks over its mmap threshold, at most 32 MiB, "
@@ -167,6 +176,7 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         triton_version = None
     report = {
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+        "cpu": cpu_details(),
         "triton": triton_version, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "quick": quick,

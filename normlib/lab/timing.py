@@ -43,7 +43,27 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
+
+
+def cpu_details() -> dict[str, str | None]:
+    """The CPU's model name and cache sizes, where the system says (Linux), for a benchmark's provenance."""
+    details: dict[str, str | None] = {"model": platform.processor() or None, "L2": None, "L3": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    details["model"] = line.split(":", 1)[1].strip()
+                    break
+        for level in ("2", "3"):
+            for index in range(6):
+                base = f"/sys/devices/system/cpu/cpu0/cache/index{index}"
+                if os.path.exists(base) and open(f"{base}/level").read().strip() == level:
+                    details[f"L{level}"] = open(f"{base}/size").read().strip()
+    except OSError:
+        pass
+    return details
 
 
 def default_device() -> torch.device:
