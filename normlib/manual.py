@@ -187,11 +187,39 @@ class _NormAffineFwAD(_NormAffine):
         return dy.to(x.dtype), None, None
 
 
+_SUM_CHUNK = 4096  # inductor's float32 sums over more elements switch to a cascade helper held in memory
+
+
+def _mean(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``t.mean(dims, keepdim=True)``; over several trailing dims whose last has at most 4096 elements but
+    whose product has more (GroupNorm's channels x pixels of a group), summed over the last dim first.
+
+    The same mean. Compiled, a float32 sum over more than 4096 elements runs through inductor's cascade
+    summation helper, whose running sums live in memory rather than in a register; two shorter sums do
+    not, and the group's data is still read in one loop.
+    """
+    n = math.prod([t.shape[d] for d in dims])
+    trailing = dims == tuple(range(t.dim() - len(dims), t.dim()))
+    if len(dims) > 1 and trailing and n > _SUM_CHUNK and t.shape[-1] <= _SUM_CHUNK:
+        return t.sum(-1, keepdim=True).sum(dims[:-1], keepdim=True) / n
+    return t.mean(dims, keepdim=True)
+
+
 def _statistics(xf: Tensor, dims: tuple[int, ...], mode: str) -> tuple[Tensor | None, Tensor]:
-    """``(mu, var)`` of ``xf`` over ``dims``; for ``"rms"`` ``(None, mean square)``."""
+    """``(mu, var)`` of ``xf`` over ``dims``; for ``"rms"`` ``(None, mean square)``.
+
+    The moments of :func:`normlib.functional.moments` (two passes over the data shifted by its first
+    element), with the means of :func:`_mean`.
+    """
     if mode == "rms":
         return None, xf.square().mean(dims, keepdim=True)
-    return F.moments(xf, dims)
+    if not dims or any(xf.shape[d] == 0 for d in dims):
+        return F.moments(xf, dims)  # nothing to shift by
+    first = tuple(slice(0, 1) if d in dims else slice(None) for d in range(xf.dim()))
+    shift = xf[first]
+    d = xf - shift
+    m = _mean(d, dims)
+    return shift + m, _mean((d - m).square(), dims)
 
 
 def _x_hat(xf: Tensor, mu: Tensor | None, rstd: Tensor) -> Tensor:
