@@ -159,8 +159,8 @@ torch.use_deterministic_algorithms(True, warn_only=True)  # as lab.setup() left 
 # ## Why torch's RMSNorm is the slower one on the CPU
 #
 # On the CPU the timing above usually shows torch's RMSNorm well behind its LayerNorm, although RMSNorm
-# does less arithmetic (the speed lesson's recorded results: about 3x to 6x its time, forward+backward,
-# and more when the allocator hands memory back to the system). The profiler says why: it lists the
+# does less arithmetic (several times its time, forward+backward, in the speed lesson's recorded
+# results, which print the ratio at every width). The profiler says why: it lists the
 # operators each call runs and the time spent in each (`normlib.lab.timing.profile_ops`, built on
 # `torch.profiler`). Forward and backward of torch's two functions on the same `(4096, 1024)` float32
 # tensor, on the CPU, with the operators that take 1% of the time or more:
