@@ -166,17 +166,10 @@ torch.use_deterministic_algorithms(True, warn_only=True)  # as lab.setup() left 
 # tensor, on the CPU, with the operators that take 1% of the time or more:
 
 # %% tags=["nbval-ignore-output"]
-from normlib.lab.timing import profile_ops
+from normlib.lab.timing import profile_torch_layer_and_rms_norm
 
-xc = torch.randn(4096, 1024, requires_grad=True)
-wc = torch.ones(1024, requires_grad=True)
-dyc = torch.randn_like(xc)
-torch_norms = {"LayerNorm": lambda x: torch.nn.functional.layer_norm(x, [1024], wc),
-               "RMSNorm": lambda x: torch.nn.functional.rms_norm(x, [1024], wc)}
-profiles = {}
-for name, norm in torch_norms.items():
-    profiles[name] = profile_ops(
-        lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
+profiles = profile_torch_layer_and_rms_norm(4096, 1024)
+for name in profiles:
     total = sum(op.self_ms for op in profiles[name])
     print(f"torch {name}: {total:.2f} ms"
           f" in {sum(op.calls for op in profiles[name]):.0f} operator calls")

@@ -463,15 +463,8 @@ evidence.claim("compiled normlib's RMSNorm takes under 0.4x torch's, forward+bac
 # The operators that take the time each make a full pass over memory:
 
 # %% tags=["nbval-ignore-output"]
-xc = torch.randn(4096, 1024, requires_grad=True)
-wc = torch.ones(1024, requires_grad=True)
-dyc = torch.randn_like(xc)
-torch_norms = {"LayerNorm": lambda x: torch.nn.functional.layer_norm(x, [1024], wc),
-               "RMSNorm": lambda x: torch.nn.functional.rms_norm(x, [1024], wc)}
 profiles = {}
-for name, norm in torch_norms.items():
-    ops = timing.profile_ops(
-        lambda norm=norm: torch.autograd.grad(norm(xc), (xc, wc), dyc))
+for name, ops in timing.profile_torch_layer_and_rms_norm(4096, 1024).items():
     total = sum(op.self_ms for op in ops)
     # the operators that take 1% of the time or more
     profiles[name] = [op for op in ops if op.self_ms >= 0.01 * total]

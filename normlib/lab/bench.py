@@ -104,6 +104,13 @@ def recorded() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
 
+def _write(report: dict, out: str | None) -> None:
+    """Write ``report`` as JSON to ``out`` (nothing when None), making its folder if needed."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
+
+
 def run(quick: bool = False, device: str | None = None, out: str | None = None, progress: bool = True,
         allocator: str | None = None, ops: list[str] | None = None) -> dict:
     """Run the suite in this process; write and return the results (see the module docstring).
@@ -188,9 +195,7 @@ def run(quick: bool = False, device: str | None = None, out: str | None = None, 
         "allocators": {allocator: ALLOCATORS[allocator]},
         "results": results,
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1))
+    _write(report, out)
     return report
 
 
@@ -236,9 +241,7 @@ def run_allocators(allocators: list[str], quick: bool = False, threads: int | No
         row["GBps"] = nbytes / (row["median_ms"] / 1e3) / 1e9
         row["fraction_of_copy"] = row["GBps"] / bandwidth
     report["results"] = list(merged.values())
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1))
+    _write(report, out)
     return report
 
 

@@ -190,6 +190,18 @@ def profile_ops(fn: Callable[[], object], runs: int = 5, warmup: int = 2) -> lis
     return sorted(rows, key=lambda r: -r.self_ms)
 
 
+def profile_torch_layer_and_rms_norm(rows: int = 4096, width: int = 1024) -> dict[str, list[OpTime]]:
+    """:func:`profile_ops` of torch's own LayerNorm and RMSNorm, forward+backward, on the same float32
+    ``(rows, width)`` tensor on the CPU: what lessons 09 and 14 show of torch's CPU RMSNorm."""
+    x = torch.randn(rows, width, requires_grad=True)
+    w = torch.ones(width, requires_grad=True)
+    dy = torch.randn_like(x)
+    norms = {"LayerNorm": lambda: torch.nn.functional.layer_norm(x, [width], w),
+             "RMSNorm": lambda: torch.nn.functional.rms_norm(x, [width], w)}
+    return {name: profile_ops(lambda norm=norm: torch.autograd.grad(norm(), (x, w), dy))
+            for name, norm in norms.items()}
+
+
 def hold_freed_memory() -> bool:
     """Make glibc keep freed memory in the process instead of handing it back to the OS; True if it did.
 
