@@ -61,23 +61,104 @@ def test_runs_table_and_plot():
 def test_claim_holds_prints_one_stable_line_and_raises_with_numbers(capsys):
     a, b = evidence.estimate([0.80, 0.82, 0.81]), evidence.estimate([0.30, 0.35, 0.32])
     assert evidence.claim("GN beats BN at 2 samples per statistic", a, ">", b, margin=0.10) is None
-    line = "✓ GN beats BN at 2 samples per statistic (means over 3 runs)"
+    line = "✓ GN beats BN at 2 samples per statistic (3 runs; 95% one-sided bound, margin 0.1)"
     assert capsys.readouterr().out.strip() == line
     assert evidence.claim("GN beats BN at 2 samples per statistic", a, ">", b, margin=0.10, quiet=True) == line
     assert capsys.readouterr().out == ""
     assert evidence.claim("BN is worse", b, "<", a, margin=0.4, quiet=True).startswith("✓")
-    assert evidence.claim("about equal", a, "≈", 0.8, margin=0.02, quiet=True)
+    assert evidence.claim("about equal", a, "≈", 0.81, margin=0.05, quiet=True).endswith(
+        "(3 runs; 90% interval of the difference within ±0.05)")
     with pytest.raises(evidence.ClaimError, match=r"(?s)claim does not hold: GN beats BN by 60.*difference 48\.67"):
         evidence.claim("GN beats BN by 60", a, ">", b, margin=0.60, unit=100)
     with pytest.raises(evidence.ClaimError):
         evidence.claim("about equal", a, "~", b, margin=0.1)
-    # a gap that is there on average but within the seeds' noise fails when sigmas asks for more
-    noisy, other = evidence.estimate([0.5, 0.9, 0.7]), evidence.estimate([0.6, 0.62, 0.64])
-    evidence.claim("higher on average", noisy, ">", other, quiet=True)
-    with pytest.raises(evidence.ClaimError, match="s.e."):
-        evidence.claim("higher beyond the noise", noisy, ">", other, sigmas=2, quiet=True)
     with pytest.raises(ValueError, match="op must be"):
         evidence.claim("?", a, ">=", b)
+    # two exact numbers: no noise, the plain comparison, and no runs in the line
+    assert evidence.claim("two is more than one", 2.0, ">", 1.0, quiet=True) == "✓ two is more than one"
+
+
+def _with_mean_and_sem(mean, sem, n):
+    """n values with exactly this mean and standard error (symmetric around the mean)."""
+    half = n // 2
+    spread = [(-1) ** i * (i // 2 + 1) for i in range(2 * half)] + ([0] * (n % 2))
+    values = np.array(sorted(spread), dtype=float)
+    values *= sem * math.sqrt(n) / values.std(ddof=1)
+    return evidence.estimate(mean + values)
+
+
+@pytest.mark.parametrize("n, t95", [(3, 2.919986), (10, 1.833113)])
+def test_greater_than_needs_the_one_sided_t_bound(n, t95):
+    """Against an exact number, ">" holds just beyond mean - t * s.e. > margin and fails just inside it."""
+    sem = 0.01
+    inside, outside = _with_mean_and_sem(0.5 + t95 * sem * 0.99, sem, n), _with_mean_and_sem(
+        0.5 + t95 * sem * 1.01, sem, n)
+    assert inside.sem == pytest.approx(sem) and outside.n == n
+    evidence.claim("above a half", outside, ">", 0.5, quiet=True)
+    with pytest.raises(evidence.ClaimError, match="one-sided 95% bound"):
+        evidence.claim("above a half", inside, ">", 0.5, quiet=True)
+    # "2 standard errors" is not enough at n = 3, and it is at n = 10
+    two_se = _with_mean_and_sem(0.5 + 2.1 * sem, sem, n)
+    if n == 3:
+        with pytest.raises(evidence.ClaimError):
+            evidence.claim("above a half", two_se, ">", 0.5, quiet=True)
+    else:
+        evidence.claim("above a half", two_se, ">", 0.5, quiet=True)
+
+
+def test_welch_difference_of_two_arms():
+    a, b = evidence.estimate([1.0, 2.0, 3.0]), evidence.estimate([0.0, 0.0, 1.0, 1.0, 2.0])
+    d = evidence.difference(a, b)
+    va, vb = 1.0 / 3, 0.7 / 5  # s^2 / n of each arm
+    assert d.value == pytest.approx(1.2) and d.se == pytest.approx(math.sqrt(va + vb))
+    assert d.df == pytest.approx((va + vb) ** 2 / (va**2 / 2 + vb**2 / 4))
+    from scipy.stats import ttest_ind
+
+    # the bound is the one of Welch's t-test: the claim holds exactly when its one-sided p is below 5%
+    p = ttest_ind(a.values, b.values, equal_var=False, alternative="greater").pvalue
+    assert (p < 0.05) == (d.value - d.bound() > 0)
+
+
+def test_about_equal_is_an_equivalence_test():
+    """A point estimate inside the margin is not enough: the whole 90% interval must be."""
+    narrow = evidence.estimate([0.80, 0.81, 0.82])
+    wide = evidence.estimate([0.70, 0.81, 0.92])  # same mean, interval about +-0.19
+    evidence.claim("within 3 points", narrow, "≈", 0.81, margin=0.03, quiet=True)
+    with pytest.raises(evidence.ClaimError, match=r"90% interval \[.*\] within ±0\.03"):
+        evidence.claim("within 3 points", wide, "≈", 0.81, margin=0.03, quiet=True)
+    low, high = evidence.difference(wide, 0.81).interval(0.90)
+    assert low == pytest.approx(-high) and high == pytest.approx(2.919986 * wide.sem, rel=1e-5)
+
+
+def test_paired_claims_use_the_differences_per_seed():
+    base = evidence.Estimate((0.60, 0.70, 0.80, 0.65, 0.75), seeds=(0, 1, 2, 3, 4))
+    better = evidence.Estimate(tuple(v + 0.01 + 0.002 * i for i, v in enumerate(base.values)), seeds=base.seeds)
+    with pytest.raises(evidence.ClaimError):  # the seeds' spread swamps a 1-point gain unpaired
+        evidence.claim("better", better, ">", base, quiet=True)
+    assert evidence.claim("better", better, ">", base, paired=True, quiet=True) == (
+        "✓ better (paired, 5 runs; 95% one-sided bound)")
+    d = evidence.difference(better, base, paired=True)
+    assert d.df == 4 and d.value == pytest.approx(0.014)
+    shuffled = evidence.Estimate(better.values, seeds=(1, 0, 2, 3, 4))
+    with pytest.raises(ValueError, match="same seeds"):
+        evidence.claim("better", shuffled, ">", base, paired=True)
+    with pytest.raises(ValueError, match="same seeds"):
+        evidence.difference(better, 0.5, paired=True)
+
+
+def test_runs_estimates_carry_their_seeds_for_pairing():
+    runs = evidence.sweep(_toy, {"norm": ["BN", "GN"], "m": [2]}, seeds=(3, 4, 5), progress=False)
+    est = runs.estimate("acc", norm="GN", m=2)
+    assert est.seeds == (3, 4, 5) and est.scaled(100).seeds == (3, 4, 5)
+    evidence.difference(est, runs.estimate("acc", norm="BN", m=2), paired=True)
+
+
+def test_claims_over_fewer_than_three_runs_are_refused():
+    two = evidence.estimate([0.9, 0.91])
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        evidence.claim("high", two, ">", 0.5)
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        evidence.claim("high", evidence.estimate([0.9]), ">", 0.5)
 
 
 def test_digits_is_a_named_four_tuple():
@@ -121,10 +202,26 @@ def test_ghost_norm_normalizes_each_group_on_its_own():
     want = torch.cat([torch.nn.functional.batch_norm(p, None, None, training=True) for p in x.split(2)])
     torch.testing.assert_close(g(x), want)
     assert g.norm.num_batches_tracked.item() == 4  # one update per ghost batch
+    assert g.norm.momentum == 0.1  # restored after the pieces
     g.eval()
     torch.testing.assert_close(g(x), g.norm(x))
     with pytest.raises(ValueError, match="group_size"):
         GhostNorm(N.BatchNorm2d(3), 0)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+def test_ghost_norm_moves_the_running_statistics_as_far_as_one_plain_update(momentum):
+    """Pieces with the same statistics move the running mean and variance by ``momentum`` per step in all."""
+    torch.manual_seed(0)
+    piece = torch.randn(2, 3, 4, 4) * 2 + 5
+    x = piece.repeat(8, 1, 1, 1)  # 8 pieces of 2, all alike
+    ghost_bn, plain = GhostNorm(N.BatchNorm2d(3, momentum=momentum), 2), N.BatchNorm2d(3, momentum=momentum)
+    ghost_bn(x), plain(piece)
+    torch.testing.assert_close(ghost_bn.norm.running_mean, plain.running_mean)
+    torch.testing.assert_close(ghost_bn.norm.running_var, plain.running_var)
+    cumulative = GhostNorm(N.BatchNorm2d(3, momentum=None), 2)
+    cumulative(torch.randn(8, 3, 4, 4))
+    assert cumulative.norm.momentum is None and cumulative.norm.num_batches_tracked.item() == 4
 
 
 def test_lenet_takes_fashion_mnist_sized_images_and_ghost_norms():
@@ -145,7 +242,7 @@ def test_plot_without_series_takes_a_label():
 
 
 def test_a_long_claim_is_wrapped_to_fit_a_page():
-    a, b = evidence.estimate([0.8, 0.81]), evidence.estimate([0.3, 0.31])
+    a, b = evidence.estimate([0.8, 0.81, 0.82]), evidence.estimate([0.3, 0.31, 0.32])
     line = evidence.claim("a statement long enough to need a second line on a phone or a narrow page, "
                           "like the ones lessons make", a, ">", b, quiet=True)
     assert len(line.splitlines()) == 2 and all(len(part) <= 86 for part in line.splitlines())

@@ -15,6 +15,12 @@ Typical use::
                    margin=0.10)
 
 ``train_one(seed=..., norm=..., m=...)`` returns a number or a dict of numbers (the metrics of one run).
+
+A claim is decided with the seeds' noise: ">" holds only when the difference exceeds the margin by its
+one-sided 95% confidence bound (Student's t, so 3 seeds need about 2.9 standard errors, 10 seeds 1.8), "≈"
+only when the whole 90% interval of the difference lies within the margin (an equivalence test), and a claim
+over seeds needs at least 3 runs. Where two arms share each seed's initialisation and data order,
+``paired=True`` uses the per-seed differences, whose spread is often far smaller.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ClaimError", "Estimate", "Runs", "claim", "estimate", "sweep", "table"]
+__all__ = ["ClaimError", "Difference", "Estimate", "Runs", "claim", "difference", "estimate", "sweep", "table"]
 
 
 class ClaimError(AssertionError):
@@ -40,6 +46,7 @@ class Estimate:
 
     values: tuple[float, ...]
     label: str = ""
+    seeds: tuple = ()  # the seed of each value, where known (a paired claim checks both sides have the same)
 
     def __post_init__(self) -> None:
         if not self.values:
@@ -73,7 +80,7 @@ class Estimate:
 
     def scaled(self, factor: float, label: str | None = None) -> Estimate:
         """The same runs in other units (``factor=100`` turns fractions into percent)."""
-        return Estimate(tuple(v * factor for v in self.values), self.label if label is None else label)
+        return Estimate(tuple(v * factor for v in self.values), self.label if label is None else label, self.seeds)
 
     def __format__(self, spec: str) -> str:
         spec = spec or ".3g"
@@ -121,7 +128,8 @@ class Runs:
         if metric not in self.keys():
             raise KeyError(f"no metric {metric!r}; the runs have {sorted(self.keys())}")
         label = metric + (" at " + ", ".join(f"{k}={v}" for k, v in where.items()) if where else "")
-        return Estimate(tuple(float(r[metric]) for r in chosen.records), label)
+        return Estimate(tuple(float(r[metric]) for r in chosen.records), label,
+                        tuple(r.get("seed") for r in chosen.records))
 
     def plot(self, metric: str, x: str, series: str | None = None, ax=None, scale: float = 1.0,
              labels: Mapping[object, str] | None = None, **kwargs):
@@ -197,43 +205,129 @@ def sweep(fn: Callable[..., float | Mapping[str, float]], grid: Mapping[str, Seq
 
 
 _OPS = {">": "exceeds", "<": "is below", "≈": "is within"}
+CONFIDENCE = 0.95
+MIN_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The difference of two quantities' means, its standard error and degrees of freedom.
+
+    ``df`` is ``math.inf`` when neither side varies over seeds (two exact numbers), so that the bounds are
+    the difference itself.
+    """
+
+    value: float
+    se: float
+    df: float
+    paired: bool = False
+
+    def bound(self, confidence: float = CONFIDENCE) -> float:
+        """How far below (or above) ``value`` the true difference may lie, one-sided at ``confidence``."""
+        return self.se * _t_quantile(confidence, self.df) if self.se else 0.0
+
+    def interval(self, confidence: float = 0.90) -> tuple[float, float]:
+        """The two-sided ``confidence`` interval of the difference."""
+        half = self.se * _t_quantile(0.5 + confidence / 2, self.df) if self.se else 0.0
+        return self.value - half, self.value + half
+
+
+def _t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (the normal one for infinite degrees of freedom)."""
+    if math.isinf(df):
+        return statistics.NormalDist().inv_cdf(p)
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def difference(left: Estimate | float, right: Estimate | float = 0.0, paired: bool = False) -> Difference:
+    """``mean(left) - mean(right)`` with its standard error, for a claim or an interval in a table.
+
+    Unpaired (the default), Welch's standard error :math:`\\sqrt{s_l^2/n_l + s_r^2/n_r}` with the
+    Welch-Satterthwaite degrees of freedom; a plain number counts as exact (no spread). ``paired=True``
+    takes the difference seed by seed (both arms share each seed's initialisation and data order): its
+    standard error is that of the n differences, with n - 1 degrees of freedom; both sides need the same
+    seeds, in the same order.
+    """
+    a = left if isinstance(left, Estimate) else None
+    b = right if isinstance(right, Estimate) else None
+    mean_a = a.mean if a else float(left)
+    mean_b = b.mean if b else float(right)
+    if paired:
+        if a is None or b is None or a.n != b.n:
+            raise ValueError("a paired difference needs two estimates over the same seeds")
+        if a.seeds and b.seeds and a.seeds != b.seeds:
+            raise ValueError(f"a paired difference needs the same seeds on both sides: {a.seeds} and {b.seeds}")
+        d = Estimate(tuple(x - y for x, y in zip(a.values, b.values, strict=True)))
+        return Difference(d.mean, d.sem, d.n - 1, paired=True)
+    parts = [(e.sem**2, e.n - 1) for e in (a, b) if e is not None and e.n > 1]
+    var = sum(v for v, _ in parts)
+    if not parts or var == 0:
+        df = math.inf if not parts else float(sum(k for _, k in parts))
+    else:
+        df = var**2 / sum(v**2 / k for v, k in parts)
+    return Difference(mean_a - mean_b, math.sqrt(var), df)
 
 
 def claim(statement: str, left: Estimate | float, op: str, right: Estimate | float = 0.0, *, margin: float = 0.0,
-          sigmas: float = 0.0, unit: float = 1.0, quiet: bool = False) -> str | None:
-    r"""Check a lesson's statement against the runs: print one stable line (or, with ``quiet``, return it), or raise.
+          paired: bool = False, confidence: float = CONFIDENCE, unit: float = 1.0,
+          quiet: bool = False) -> str | None:
+    r"""Check a lesson's statement against the runs, with the seeds' noise: print one stable line, or raise.
 
-    - ``op=">"``: holds when ``mean(left) - mean(right) > margin``;
-    - ``op="<"``: holds when ``mean(right) - mean(left) > margin``;
-    - ``op="≈"`` (or ``"~"``): holds when ``|mean(left) - mean(right)| <= margin``.
+    With :math:`d` the difference of the means and :math:`t\,se` its one-sided bound at ``confidence``
+    (Student's t; Welch's for two independent arms, or the per-seed differences with ``paired=True``):
 
-    For ``>`` and ``<``, ``sigmas=k`` also asks the difference to exceed ``margin`` by ``k`` standard errors
-    of the difference, :math:`\sqrt{se_l^2 + se_r^2}`, so that a gap within the noise of the seeds is not
-    taken for an effect. ``unit`` only scales the numbers in the messages (100 for percent points).
-    The printed line names the statement and the number of runs, never the measured values, so it is the
+    - ``op=">"``: holds when :math:`d - t\,se > \text{margin}`, i.e. left exceeds right by more than
+      ``margin`` with that confidence (``margin=0``: left is larger);
+    - ``op="<"``: the same with the sides exchanged;
+    - ``op="≈"`` (or ``"~"``): an equivalence test (two one-sided tests): holds when the whole
+      :math:`1 - 2(1 - \text{confidence})` interval of :math:`d` (90% by default) lies within
+      :math:`\pm\text{margin}`. A point estimate inside the margin is not enough: with a wide interval the
+      data cannot tell "equal" from "different", and the claim fails.
+
+    A claim over seeds needs at least 3 runs on each side that varies (an :class:`Estimate`); a plain number
+    is taken as exact. ``unit`` only scales the numbers in the messages (100 for percent points).
+    The printed line names the statement, the runs and the test, never the measured values, so it is the
     same on every machine where the statement holds (wrapped at 86 characters, to fit a page); it is
     printed, or returned with ``quiet=True``. :class:`ClaimError` carries the values.
     """
     op = "≈" if op == "~" else op
     if op not in _OPS:
         raise ValueError(f"op must be one of {sorted(_OPS)} or '~', got {op!r}")
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be between 0.5 and 1, got {confidence}")
+    ests = [e for e in (left, right) if isinstance(e, Estimate)]
+    for e in ests:
+        if e.n < MIN_RUNS:
+            raise ValueError(f"a claim over seeds needs at least {MIN_RUNS} runs; {e.label or 'one side'} has "
+                             f"{e.n} (pass a plain number for an exact quantity)")
+    diff = difference(left, right, paired=paired)
     a = left if isinstance(left, Estimate) else estimate([left], "value")
     b = right if isinstance(right, Estimate) else estimate([right], "reference")
-    diff = a.mean - b.mean if op != "<" else b.mean - a.mean
-    se = math.sqrt(a.sem**2 + b.sem**2)
+    value = -diff.value if op == "<" else diff.value
+    exact = not ests
     if op == "≈":
-        holds, needed = abs(diff) <= margin, f"|difference| <= {margin * unit:.4g}"
+        low, high = diff.interval(2 * confidence - 1)
+        holds = -margin <= low and high <= margin
+        level = f"{2 * confidence - 1:.0%}"
+        needed = f"the {level} interval [{low * unit:.4g}, {high * unit:.4g}] within ±{margin * unit:.4g}"
+        test = f"{level} interval of the difference within ±{margin * unit:g}"
     else:
-        holds = diff > margin + sigmas * se
-        needed = f"difference > {margin * unit:.4g}"
-        if sigmas:
-            needed += f" + {sigmas:g} s.e. ({sigmas * se * unit:.3g})"
-    runs = sorted({est.n for est in (left, right) if isinstance(est, Estimate)})
-    over = f" (means over {'/'.join(map(str, runs))} runs)" if runs and runs != [1] else ""
+        bound = diff.bound(confidence)
+        holds = value - bound > margin
+        needed = f"difference - {bound * unit:.3g} (one-sided {confidence:.0%} bound) > {margin * unit:.4g}"
+        test = f"{confidence:.0%} one-sided bound" + (f", margin {margin * unit:g}" if margin else "")
     if not holds:
         raise ClaimError(
             f"claim does not hold: {statement}\n  left:  {a.scaled(unit)}\n  right: {b.scaled(unit)}\n"
-            f"  measured difference {diff * unit:.4g} (s.e. {se * unit:.3g}); needed {needed}")
+            f"  measured difference {value * unit:.4g} (s.e. {diff.se * unit:.3g}"
+            f"{', paired' if paired else ''}); needed {needed}")
+    if exact:
+        over = ""
+    else:
+        runs = "/".join(map(str, sorted({e.n for e in ests})))
+        over = f" ({'paired, ' if paired else ''}{runs} runs; {test})"
     line = "\n  ".join(textwrap.wrap(f"✓ {statement}{over}", width=86, break_on_hyphens=False))
     if quiet:
         return line
