@@ -247,3 +247,30 @@ def test_a_long_claim_is_wrapped_to_fit_a_page():
                           "like the ones lessons make", a, ">", b, quiet=True)
     assert len(line.splitlines()) == 2 and all(len(part) <= 86 for part in line.splitlines())
     assert line.splitlines()[1].startswith("  ")
+
+
+def test_he_init_keeps_a_relu_networks_activations_at_scale():
+    from normlib.lab.models import he_init, norm_mlp
+
+    torch.manual_seed(0)
+    x = torch.randn(2048, 256)
+    default, he = norm_mlp([256] * 9 + [10]), he_init(norm_mlp([256] * 9 + [10]))
+    assert all(m.bias is None or not m.bias.any() for m in he.modules() if isinstance(m, torch.nn.Linear))
+    # through 8 Linear-ReLU layers: He keeps the mean square near the input's; the default's weights
+    # shrink it by 6x per layer (1/(3 fan_in) against 2/fan_in), and only its biases keep it above zero
+    hidden = slice(0, -1)
+    assert 0.3 < he[hidden](x).pow(2).mean().item() < 3
+    assert default[hidden](x).pow(2).mean().item() < 0.01
+
+
+def test_fit_measures_the_training_set_in_eval_mode_when_asked():
+    from normlib.lab.models import norm_mlp
+    from normlib.lab.train import accuracy, fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    model = norm_mlp([5, 16, 3], norm=N.BatchNorm1d)
+    history = fit(model, (x, y, x[:16], y[:16]), epochs=2, batch_size=16, lr=0.1, eval_train=True, progress=False)
+    assert len(history["train_acc_eval"]) == len(history["train_loss_eval"]) == 2
+    assert history["train_acc_eval"][-1] == accuracy(model, x, y)
+    assert "train_acc_eval" not in fit(model, (x, y, x, y), epochs=1, batch_size=16, lr=0.1, progress=False)

@@ -34,7 +34,7 @@ def mean_loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, batch_
 def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, momentum: float = 0.9,
         weight_decay: float = 0.0, seed: int = 0, desc: str = "training", progress: bool = True,
         loss_fn: nn.Module | None = None, batches: Callable[[torch.Generator], list[Tensor]] | None = None,
-        on_step: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+        on_step: Callable[[int], None] | None = None, eval_train: bool = False) -> dict[str, list[float]]:
     """Train ``model`` with SGD on ``data = (x_train, y_train, x_test, y_test)``.
 
     Batches are reshuffled each epoch by a generator seeded with ``seed``; an incomplete last batch
@@ -44,7 +44,10 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
     ``loss_fn`` defaults to cross-entropy.
     After each epoch records the mean training loss of the epoch's batches (train mode) and the test
     loss (eval mode); for classification (integer targets) also the training accuracy of those
-    batches and the test accuracy. Returns the per-epoch history
+    batches and the test accuracy. Those training figures are averaged over the epoch while the network
+    learns, in train mode (dropout on, batch statistics); ``eval_train=True`` also measures the model as
+    it stands at the end of each epoch, in eval mode, on the whole training set: ``"train_loss_eval"``
+    and ``"train_acc_eval"`` (the figures a train-test gap should use). Returns the per-epoch history
     ``{"loss": [...], "test_loss": [...], "train_acc": [...], "test_acc": [...]}``.
     """
     x_tr, y_tr, x_te, y_te = data
@@ -55,6 +58,10 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
     history: dict[str, list[float]] = {"loss": [], "test_loss": []}
     if classify:
         history.update(train_acc=[], test_acc=[])
+    if eval_train:
+        history["train_loss_eval"] = []
+        if classify:
+            history["train_acc_eval"] = []
     if batches is None:
         def batches(gen: torch.Generator) -> list[Tensor]:
             perm = torch.randperm(len(x_tr), generator=gen)
@@ -85,6 +92,10 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
         if classify:
             history["train_acc"].append(correct / seen)
             history["test_acc"].append(accuracy(model, x_te, y_te))
+        if eval_train:
+            history["train_loss_eval"].append(mean_loss(model, x_tr, y_tr, loss_fn))
+            if classify:
+                history["train_acc_eval"].append(accuracy(model, x_tr, y_tr))
     return history
 
 
