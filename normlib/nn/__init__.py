@@ -7,6 +7,10 @@ float16 and bfloat16 (and float16/bfloat16 input into a float32 module), under e
 ``jacfwd``, ``hessian``) and double backward, and raises the same exception types with the same messages.
 ``tests/test_conformance.py`` checks this case by case against the installed torch.
 
+Three layers have no ``torch.nn`` namesake and follow their usual counterparts instead
+(:mod:`normlib.nn.batchfree`, tested in ``tests/test_batchfree.py``): :class:`StdConv2d` (timm's),
+:class:`DynamicTanh` (the paper's) and :class:`FrozenBatchNorm2d` (torchvision's).
+
 Deliberate differences from torch
 ---------------------------------
 This is the one list of the places where normlib knowingly behaves otherwise.
@@ -39,6 +43,7 @@ This is the one list of the places where normlib knowingly behaves otherwise.
   layer's did; a bias the layer did not have follows the layer's weight (torch's fuser makes it frozen).
 """
 
+from normlib.nn.batchfree import DynamicTanh, FrozenBatchNorm2d, StdConv2d
 from normlib.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normlib.nn.dropout import AlphaDropout, Dropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout
 from normlib.nn.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
@@ -72,4 +77,7 @@ __all__ = [
     "Dropout3d",
     "AlphaDropout",
     "FeatureAlphaDropout",
+    "StdConv2d",
+    "DynamicTanh",
+    "FrozenBatchNorm2d",
 ]
