@@ -11,10 +11,11 @@ AXE_VERSION := 4.14.1
 AXE := $(VENV)/axe-core/axe.min.js
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 # Debian packages the tests use: a browser (skipped when CHROME_BIN names one: GitHub's ubuntu-24.04 image
-# ships Google Chrome, and its apt chromium is only a stub for a snap) and Fashion-MNIST for the lessons.
+# ships Google Chrome, and its apt chromium is only a stub for a snap) and Fashion-MNIST for the lessons
+# (normlib.lab.data reads it there, so CI downloads nothing; tests/test_data.py serves its files locally).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: book test notebooks lint clean system-packages chromium
+.PHONY: book test notebooks lab lint clean system-packages chromium
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -53,8 +54,9 @@ system-packages:
 		else \
 			echo "*** Debian packages missing:$$need, and they cannot be installed here (not root, or no apt-get)."; \
 			echo "*** Install them as root: apt-get install$$need   (or set CHROME_BIN to a Chrome or Chromium)."; \
-			echo "*** Without chromium the browser tests FAIL; without dataset-fashion-mnist the lessons that"; \
-			echo "*** train on Fashion-MNIST fall back to the digits and FAIL nbval."; \
+			echo "*** Without chromium the browser tests FAIL; without dataset-fashion-mnist the lessons"; \
+			echo "*** download Fashion-MNIST (30 MB) into \$$NORMLIB_DATA or ~/.cache/normlib once, and"; \
+			echo "*** the data tests FAIL (they serve the package's files from a local server)."; \
 		fi; \
 	fi
 
@@ -82,6 +84,15 @@ test: $(STAMP) $(AXE) system-packages
 ## notebooks: write each .py lesson into its .ipynb and execute it in place on the CPU
 notebooks: $(STAMP)
 	$(PY) tools/execute_notebooks.py $(NOTEBOOKS)
+
+## lab: open the lessons in JupyterLab, from the whole pinned stack. jupytext pairs each lesson's .ipynb
+## with its .py (jupytext.toml): saving either one in JupyterLab writes both.
+# LAB_FLAGS: more options for `jupyter lab` (the test: --no-browser, a port, a token). As root (a container,
+# CI), JupyterLab needs --allow-root.
+LAB_FLAGS ?=
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+		--LabApp.default_url=/lab/tree/notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check normlib tests notebooks tools book/_ext

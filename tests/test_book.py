@@ -3,9 +3,12 @@ book that are not lessons hold together: the landing table, the bibliography, th
 lesson starts with, and the publishing workflow's repository and download set-up."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -190,18 +193,80 @@ def test_site_downloads_install_normlib_from_the_site(tmp_path):
 
 
 def test_published_site_carries_normlib_and_its_downloads_install_it(built_book):
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    baseurl = config.get("html", {}).get("baseurl")
-    if not baseurl:
-        pytest.skip("a local build: the publishing workflow sets html.baseurl (tools/set_repository.py --site-url)")
+    """The site carries normlib's wheel and every downloadable lesson points at it (built_book gives the
+    site an address: the published one in the publishing workflow, else a local one)."""
     assert built_book.returncode == 0
     wheels = list((HTML / "_static" / "wheels").glob("normlib-*.whl"))
     assert len(wheels) == 1, wheels
-    source = f'NORMLIB = "normlib[lab] @ {baseurl.rstrip("/")}/_static/wheels/{wheels[0].name}"'
+    source = f'NORMLIB = "normlib[lab] @ {built_book.baseurl.rstrip("/")}/_static/wheels/{wheels[0].name}"'
     for lesson in LESSONS:
         download = HTML / "_sources" / "notebooks" / f"{lesson.stem}.ipynb"
         code = [c for c in json.loads(download.read_text())["cells"] if c["cell_type"] == "code"]
         assert code and source in "".join(code[0]["source"]), f"{download.name} does not install the site's normlib"
+
+
+def test_a_downloaded_lesson_installs_normlib_from_the_served_site(built_book, tmp_path):
+    """End to end, as a reader who downloads a lesson: the site, built with a local address, is served on
+    127.0.0.1; the lesson's install cell, run by a fresh environment that lacks normlib, pip-installs the wheel
+    the site serves, and normlib imports and works. The environment borrows this one's packages (torch,
+    numpy, the lab extra's) as a Colab runtime brings its own: pip must keep them and install normlib alone,
+    with no package index (PIP_NO_INDEX). Not covered: installing torch itself from PyPI."""
+    if built_book.local_port is None:
+        pytest.skip("the publishing build: its address is the real site, not deployed yet (the test above "
+                    "checks that its downloads point at its wheel)")
+    assert built_book.returncode == 0
+    import functools
+    import http.server
+    import sysconfig
+    import threading
+    import urllib.request
+
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", built_book.local_port),
+                                             functools.partial(Handler, directory=str(HTML)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lesson = LESSONS[0].stem
+        with urllib.request.urlopen(f"{built_book.baseurl}_sources/notebooks/{lesson}.ipynb", timeout=60) as r:
+            notebook = json.loads(r.read())
+        install_cell = "".join(next(c for c in notebook["cells"] if c["cell_type"] == "code")["source"])
+        fresh = tmp_path / "fresh"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=120)
+        python = fresh / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        Path(site, "borrowed_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))}
+        env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        missing = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('normlib'))"],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+        assert missing.stdout.strip() == "None", "the fresh environment must lack normlib"
+        check = install_cell + textwrap.dedent("""
+            import torch
+            import normlib
+            import normlib.lab.data
+            from normlib import nn as N
+            x = torch.randn(8, 3, 4, 4)
+            torch.testing.assert_close(N.BatchNorm2d(3)(x), torch.nn.BatchNorm2d(3)(x))
+            print(normlib.__file__)
+            print(torch.__file__)
+        """)
+        run = subprocess.run([str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        normlib_file, torch_file = map(Path, run.stdout.split()[-2:])
+        assert normlib_file.is_relative_to(fresh), f"normlib is not from the fresh environment: {normlib_file}"
+        assert not torch_file.is_relative_to(fresh), "pip replaced the environment's own torch"
+        wheel = next((HTML / "_static" / "wheels").glob("normlib-*.whl")).name
+        assert any(path.endswith(f"/_static/wheels/{wheel}") for path in requests), requests
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- the publishing workflow's set-up (tools/set_repository.py) --------------------------------------------

@@ -1,15 +1,13 @@
 """normlib.lab: the evidence toolkit, the offline data sets and ghost batches."""
 
-import gzip
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from normlib import nn as N
 from normlib.lab import evidence
-from normlib.lab.data import Dataset, digits, fashion_mnist
+from normlib.lab.data import Dataset, digits
 from normlib.lab.models import GhostNorm, LeNet, ghost
 
 
@@ -166,33 +164,6 @@ def test_digits_is_a_named_four_tuple():
     x_tr, y_tr, x_te, y_te = data
     assert isinstance(data, Dataset) and data.name == "digits"
     assert x_tr.shape[1:] == (1, 8, 8) and len(x_tr) + len(x_te) == 1797
-
-
-def _write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_fashion_mnist_reads_idx_files_balanced_and_standardised(tmp_path):
-    rng = np.random.default_rng(0)
-    for part, n in (("train", 200), ("t10k", 100)):
-        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    data = fashion_mnist(n_train=50, n_test=20, root=tmp_path)
-    x_tr, y_tr, x_te, y_te = data
-    assert data.name == "Fashion-MNIST" and x_tr.shape == (50, 1, 28, 28) and x_te.shape == (20, 1, 28, 28)
-    assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
-    assert torch.bincount(y_tr).tolist() == [5] * 10 and torch.bincount(y_te).tolist() == [2] * 10
-    assert abs(x_tr.mean().item()) < 1e-5 and abs(x_tr.std().item() - 1) < 1e-2
-    assert torch.equal(fashion_mnist(n_train=50, n_test=20, root=tmp_path)[0], x_tr)  # fixed by the seed
-
-
-def test_fashion_mnist_falls_back_to_digits_and_says_so(tmp_path):
-    data = fashion_mnist(root=tmp_path)
-    assert data.name.startswith("digits") and data[0].shape[1:] == (1, 28, 28)
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-        fashion_mnist(root=tmp_path, fallback=False)
 
 
 def test_ghost_norm_normalizes_each_group_on_its_own():
