@@ -80,6 +80,43 @@ def _check_mixed(input: Tensor, *parameters: Tensor | None) -> None:
         raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
 
 
+def _float32_under_autocast() -> frozenset[tuple[str, str]]:
+    """The ``(op, device type)`` pairs that torch's autocast runs in float32, read from torch's dispatcher.
+
+    torch registers an autocast kernel for a norm only to run it in float32 (``AT_FORALL_FP32`` in
+    ``aten/src/ATen/autocast_mode.h``; no norm is on a lower-precision list): on CUDA ``layer_norm``,
+    ``group_norm`` and, in recent versions (2.13 has it), ``rms_norm``; on the CPU none. ``batch_norm``,
+    ``instance_norm`` and dropout keep their input's dtype on both. Reading the registrations keeps this
+    right for the installed torch. CUDA's side cannot be run on a machine without a GPU; the tests check
+    this table against the dispatcher and the cast itself on the CPU.
+    """
+    pairs = set()
+    for op in ("layer_norm", "group_norm", "rms_norm"):
+        for device in ("cpu", "cuda", "xpu", "mps"):
+            try:
+                if torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", f"Autocast{device.upper()}"):
+                    pairs.add((op, device))
+            except RuntimeError:  # an op or a dispatch key this torch does not have
+                pass
+    return frozenset(pairs)
+
+
+_AUTOCAST_FLOAT32 = _float32_under_autocast()
+
+
+def _autocast_float32(op: str, input: Tensor, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """``(input, *tensors)``, cast to float32 where torch's autocast would run ``op`` in float32 now.
+
+    As torch's autocast does: only inside an enabled autocast region of the input's device, and only
+    floating tensors other than float64 are cast (so the output is float32 for float16/bfloat16 input).
+    """
+    device = input.device.type
+    if (op, device) not in _AUTOCAST_FLOAT32 or not torch.is_autocast_enabled(device):
+        return (input, *tensors)
+    return tuple(t.float() if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in (input, *tensors))
+
+
 def _check_eps(eps: float, training: bool) -> None:
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
@@ -166,6 +203,13 @@ def _check_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: T
     if training:
         _verify_batch_size(input.shape)
     _check_eps(eps, training)
+    if input.dim() < 2:  # torch's kernel counts no channels in such input, then fails to find dim 1
+        _check_channel_vectors(input.new_empty(1, 0), 2, running_mean=running_mean, running_var=running_var,
+                               weight=weight, bias=bias)
+        if not training and (running_mean is None or running_var is None):
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-max(input.dim(), 1)}, "
+                         f"{max(input.dim(), 1) - 1}], but got 1)")
     channels = _check_channel_vectors(input, 2, running_mean=running_mean, running_var=running_var, weight=weight,
                                       bias=bias)
     _check_floating(input, "batch_norm")
@@ -303,6 +347,7 @@ def layer_norm(
     :math:`y = \gamma \odot (x - \mu)/\sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\gamma, \beta`
     of shape ``normalized_shape`` (elementwise), the same in training and evaluation.
     """
+    input, weight, bias = _autocast_float32("layer_norm", input, weight, bias)
     normalized_shape = _check_layer_norm(input, normalized_shape, weight, bias)
     input = input.contiguous()  # as torch's: a channels_last input gives a contiguous output
     k = len(normalized_shape)
@@ -343,6 +388,7 @@ def group_norm(
     Reshape to ``(N, G, C/G, *spatial)``, take the moments over all but the first two dims, then
     apply the per-channel :math:`\gamma, \beta` (C of each, not G).
     """
+    input, weight, bias = _autocast_float32("group_norm", input, weight, bias)
     _check_group_norm(input, num_groups, weight, bias)
     n, channels = input.shape[0], input.shape[1]
     grouped = input.reshape((n, num_groups, channels // num_groups, *input.shape[2:]))
@@ -361,7 +407,7 @@ def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias, star:
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
     k = len(normalized_shape)
-    if k == 0 or input.dim() < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
+    if input.dim() < k < k or tuple(input.shape[input.dim() - k:]) != normalized_shape:
         raise RuntimeError(
             f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
             f"[{star}{', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
@@ -375,8 +421,15 @@ def _check_normalized_shape(input: Tensor, normalized_shape, weight, bias, star:
     return normalized_shape
 
 
+def _check_not_empty_shape(normalized_shape) -> None:
+    if not isinstance(normalized_shape, int) and len(tuple(normalized_shape)) == 0:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
+                           "element, but got normalized_shape = []")
+
+
 def _check_layer_norm(input: Tensor, normalized_shape, weight: Tensor | None, bias: Tensor | None) -> tuple[int, ...]:
     """torch.nn.functional.layer_norm's checks, in its order; return ``normalized_shape`` as a tuple."""
+    _check_not_empty_shape(normalized_shape)
     _check_mixed(input, weight, bias)
     normalized_shape = _check_normalized_shape(input, normalized_shape, weight, bias)
     _check_floating(input, "LayerNormKernelImpl")
@@ -385,6 +438,7 @@ def _check_layer_norm(input: Tensor, normalized_shape, weight: Tensor | None, bi
 
 def _check_rms_norm(input: Tensor, normalized_shape, weight: Tensor | None) -> tuple[int, ...]:
     """torch.nn.functional.rms_norm's checks: any mix of floating dtypes is allowed, the output has the input's."""
+    _check_not_empty_shape(normalized_shape)
     normalized_shape = _check_normalized_shape(input, normalized_shape, weight, None, star="*")
     _check_floating(input, "rms_norm")
     return normalized_shape
@@ -403,6 +457,7 @@ def rms_norm(
     epsilon of that computation dtype, as in torch: ``torch.finfo(torch.float32).eps`` for float16, bfloat16
     and float32 input, ``torch.finfo(torch.float64).eps`` for float64 (see :func:`_default_rms_eps`).
     """
+    input, weight = _autocast_float32("rms_norm", input, weight)
     normalized_shape = _check_rms_norm(input, normalized_shape, weight)
     if eps is None:
         eps = _default_rms_eps(input.dtype)

@@ -111,3 +111,14 @@ def test_convert_frozen_batchnorm_swaps_every_batchnorm2d(bn_class):
     assert isinstance(single, N.FrozenBatchNorm2d) and single.running_var.dtype == torch.float64
     with pytest.raises(ValueError, match="no running statistics"):
         N.FrozenBatchNorm2d.convert_frozen_batchnorm(bn_class(4, track_running_stats=False))
+
+
+def test_the_three_layers_trace_with_torch_fx_as_one_node_each():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(N.StdConv2d(3, 8, 3), N.FrozenBatchNorm2d(8), torch.nn.ReLU(),
+                                N.DynamicTanh(8, channels_last=False))
+    x = torch.randn(2, 3, 6, 6)
+    graph = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in graph.graph.nodes if n.op == "call_module"]
+    assert calls == ["0", "1", "2", "3"]
+    torch.testing.assert_close(graph(x), model(x))

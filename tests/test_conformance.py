@@ -453,6 +453,8 @@ ERRORS = [  # (name, args, kwargs, input shape, input dtype, training, module dt
     ("RMSNorm", (4,), {}, (2, 3), torch.float32, True, torch.float32),
     ("RMSNorm", ([3, 4],), {}, (2, 3), torch.float32, True, torch.float32),
     ("RMSNorm", (4,), {}, (2, 4), torch.int64, True, torch.float32),
+    ("LayerNorm", ((),), {}, (3,), torch.float32, True, torch.float32),  # an empty normalized_shape
+    ("RMSNorm", ((),), {}, (3,), torch.float32, True, torch.float32),
     ("Dropout", (0.5,), {}, (4, 5), torch.int64, True, None),
     ("Dropout1d", (0.5,), {}, (2, 3, 4, 5), torch.float32, True, None),
     ("FeatureAlphaDropout", (0.5,), {}, (5,), torch.float32, True, None),
@@ -484,6 +486,28 @@ def test_errors_match_torch(case, backend):
     got = _outcome(N, *case, backend)
     want = _outcome(tnn, *case, "torch")
     assert got == want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_errors_on_low_rank_input_match_torch(backend):
+    """batch_norm on 0-D and 1-D input (torch counts no channels in it), layer_norm over an empty shape."""
+    import torch.nn.functional as TF
+
+    x, v = torch.randn(3), torch.ones(3)
+    cases = [("batch_norm", (x, v, v)), ("batch_norm", (x, None, None)), ("batch_norm", (x, v, v, None, None, True)),
+             ("batch_norm", (x, None, None, v, None, True)), ("batch_norm", (x, None, None, None, None, True)),
+             ("batch_norm", (torch.randn(()), v[:1], v[:1])), ("batch_norm", (x, v[:0], v[:0])),
+             ("layer_norm", (x, ())), ("layer_norm", (x, [], v)), ("rms_norm", (x, ()))]
+    for name, args in cases:
+        outcomes = []
+        for lib in ("normlib", "torch"):
+            try:
+                with normlib.use_backend(backend):
+                    (normlib.backend.ops(x, name) if lib == "normlib" else getattr(TF, name))(*args)
+                outcomes.append("ok")
+            except Exception as e:  # noqa: BLE001 - compared with torch's
+                outcomes.append((type(e).__name__, str(e)))
+        assert outcomes[0] == outcomes[1] and outcomes[0] != "ok", (name, outcomes)
 
 
 @pytest.mark.parametrize("name,shape", [("Dropout2d", (2, 3, 4, 5, 6)), ("Dropout2d", (2, 3, 4)),

@@ -17,14 +17,15 @@ r"""Layers that need no batch statistics: Weight Standardization, Dynamic Tanh a
   state_dict (``num_batches_tracked`` is dropped).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import numbers
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from normlib.backend import ops
+from normlib.nn._torch import fx_call
 
 __all__ = ["DynamicTanh", "FrozenBatchNorm2d", "StdConv2d"]
 
@@ -62,6 +63,8 @@ class StdConv2d(nn.Conv2d):
         return ops(self.weight, "layer_norm")(self.weight, self.weight.shape[1:], None, None, self.eps)
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         return self._conv_forward(input, self.standardized_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -95,6 +98,8 @@ class DynamicTanh(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, fx.Proxy):
+            return fx_call(self, x)
         channel = -1 if self.channels_last else 1
         if x.dim() < (1 if self.channels_last else 2) or x.shape[channel] != self.normalized_shape:
             raise RuntimeError(f"DynamicTanh({self.normalized_shape}, channels_last={self.channels_last}) "
@@ -132,6 +137,8 @@ class FrozenBatchNorm2d(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, fx.Proxy):
+            return fx_call(self, x)
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")
         scale = self.weight * (self.running_var + self.eps).rsqrt()

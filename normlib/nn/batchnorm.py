@@ -8,19 +8,24 @@ with :math:`\mu_B, \sigma_B^2` the per-channel moments over the batch and spatia
 training, and the running estimates :math:`\hat{\mu}, \hat{\sigma}^2` in evaluation.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+from torch.nn.modules import batchnorm as _torch_batchnorm
 
 from normlib.backend import ops
 from normlib.nn._affine import init_affine, reset_affine
+from normlib.nn._torch import fx_call
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _NormBase(nn.Module):
+class _NormBase(_torch_batchnorm._NormBase):
     """What BatchNorm and InstanceNorm share: affine parameters, running-statistics buffers, repr.
+
+    A subclass of torch's own ``_NormBase`` (so is every BatchNorm, InstanceNorm, BatchRenorm and
+    SwitchableNorm here), whose constructor it replaces: normlib's makes the same attributes.
 
     Parameters ``weight`` (:math:`\\gamma`, ones) and ``bias`` (:math:`\\beta`, zeros) of size C;
     buffers ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked`` (0, long),
@@ -43,7 +48,7 @@ class _NormBase(nn.Module):
         bias: bool = True,
     ) -> None:
         factory = {"device": device, "dtype": dtype}
-        super().__init__()
+        nn.Module.__init__(self)  # torch's constructor is not run: this one makes the same attributes
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -109,8 +114,10 @@ class _NormBase(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
-class _BatchNorm(_NormBase):
+class _BatchNorm(_NormBase, _torch_batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         self._check_input_dim(input)
         running_mean, running_var, factor = self._running_update()
         # Batch statistics in training, and in eval when there are no running statistics.
@@ -119,7 +126,7 @@ class _BatchNorm(_NormBase):
                                      factor, self.eps)
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     r"""Batch Normalization over ``(N, C)`` or ``(N, C, L)`` input; a drop-in for ``torch.nn.BatchNorm1d``.
 
     :math:`y = \gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta`, moments per channel over
@@ -133,7 +140,7 @@ class BatchNorm1d(_BatchNorm):
             raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     r"""Batch Normalization over ``(N, C, H, W)`` input; a drop-in for ``torch.nn.BatchNorm2d``.
 
     :math:`y = \gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta`, moments per channel over
@@ -145,7 +152,7 @@ class BatchNorm2d(_BatchNorm):
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     r"""Batch Normalization over ``(N, C, D, H, W)`` input; a drop-in for ``torch.nn.BatchNorm3d``.
 
     :math:`y = \gamma (x - \mu_B) / \sqrt{\sigma_B^2 + \epsilon} + \beta`, moments per channel over

@@ -9,19 +9,21 @@ Unlike BatchNorm the defaults are ``affine=False`` and ``track_running_stats=Fal
 unbatched input ``(C, *spatial)`` is accepted.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import warnings
 
-from torch import Tensor
+from torch import Tensor, fx, nn
+from torch.nn.modules import instancenorm as _torch_instancenorm
 
 from normlib.backend import ops
+from normlib.nn._torch import fx_call
 from normlib.nn.batchnorm import _NormBase
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class _InstanceNorm(_NormBase):
+class _InstanceNorm(_NormBase, _torch_instancenorm._InstanceNorm):
     _spatial_dims: int  # 1, 2 or 3
 
     def __init__(
@@ -65,6 +67,8 @@ class _InstanceNorm(_NormBase):
                                       unexpected_keys, error_msgs)
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         self._check_input_dim(input)
         unbatched = input.dim() == self._spatial_dims + 1
         feature_dim = 0 if unbatched else 1
@@ -93,7 +97,7 @@ class _InstanceNorm(_NormBase):
         return y.squeeze(0) if unbatched else y
 
 
-class InstanceNorm1d(_InstanceNorm):
+class InstanceNorm1d(_InstanceNorm, nn.InstanceNorm1d):
     r"""Instance Normalization over ``(N, C, L)`` or unbatched ``(C, L)`` input.
 
     :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`, moments over ``L``.
@@ -103,7 +107,7 @@ class InstanceNorm1d(_InstanceNorm):
     _spatial_dims = 1
 
 
-class InstanceNorm2d(_InstanceNorm):
+class InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
     r"""Instance Normalization over ``(N, C, H, W)`` or unbatched ``(C, H, W)`` input.
 
     :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`, moments over ``H, W``.
@@ -113,7 +117,7 @@ class InstanceNorm2d(_InstanceNorm):
     _spatial_dims = 2
 
 
-class InstanceNorm3d(_InstanceNorm):
+class InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     r"""Instance Normalization over ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` input.
 
     :math:`y = \gamma (x - \mu_{nc}) / \sqrt{\sigma_{nc}^2 + \epsilon} + \beta`, moments over

@@ -4,21 +4,23 @@ Neither keeps running statistics: both compute their moments from each sample al
 behave the same in training and evaluation and do not depend on the batch.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import numbers
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn import init
 
 from normlib.backend import ops
+from normlib.functional import _autocast_float32
 from normlib.nn._affine import init_affine, reset_affine
+from normlib.nn._torch import fx_call
 
 __all__ = ["LayerNorm", "GroupNorm", "RMSNorm"]
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(nn.LayerNorm):
     r"""Layer Normalization over the trailing ``normalized_shape`` dims of each sample.
 
     :math:`y = \gamma \odot (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta`, with :math:`\mu, \sigma^2`
@@ -36,7 +38,7 @@ class LayerNorm(nn.Module):
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # torch's constructor is not run: this one makes the same attributes
         if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (normalized_shape,)
         self.normalized_shape = tuple(normalized_shape)
@@ -49,7 +51,10 @@ class LayerNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops(input, "layer_norm")(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
+        input, weight, bias = _autocast_float32("layer_norm", input, self.weight, self.bias)
+        return ops(input, "layer_norm")(input, self.normalized_shape, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -58,7 +63,7 @@ class LayerNorm(nn.Module):
         )
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(nn.GroupNorm):
     r"""Group Normalization: the ``num_channels`` channels split into ``num_groups`` groups.
 
     :math:`y = \gamma_c (x - \mu_{ng}) / \sqrt{\sigma_{ng}^2 + \epsilon} + \beta_c`, moments of one
@@ -78,7 +83,7 @@ class GroupNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # torch's constructor is not run: this one makes the same attributes
         if num_channels % num_groups != 0:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         self.num_groups = num_groups
@@ -92,7 +97,10 @@ class GroupNorm(nn.Module):
         reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
-        return ops(input, "group_norm")(input, self.num_groups, self.weight, self.bias, self.eps)
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
+        input, weight, bias = _autocast_float32("group_norm", input, self.weight, self.bias)
+        return ops(input, "group_norm")(input, self.num_groups, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return (
@@ -101,7 +109,7 @@ class GroupNorm(nn.Module):
         )
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(nn.RMSNorm):
     r"""Root Mean Square Normalization over the trailing ``normalized_shape`` dims.
 
     :math:`y = x / \sqrt{\frac{1}{m}\sum_k x_k^2 + \epsilon} \odot \gamma`: LayerNorm without the mean
@@ -112,7 +120,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True,
                  device=None, dtype=None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # torch's constructor is not run: this one makes the same attributes
         if isinstance(normalized_shape, numbers.Integral):
             normalized_shape = (normalized_shape,)
         self.normalized_shape = tuple(normalized_shape)
@@ -129,7 +137,10 @@ class RMSNorm(nn.Module):
             init.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ops(x, "rms_norm")(x, self.normalized_shape, self.weight, self.eps)
+        if isinstance(x, fx.Proxy):
+            return fx_call(self, x)
+        x, weight = _autocast_float32("rms_norm", x, self.weight)
+        return ops(x, "rms_norm")(x, self.normalized_shape, weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

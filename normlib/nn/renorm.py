@@ -10,11 +10,12 @@ with :math:`\sigma = \sqrt{\text{running\_var} + \epsilon}`. The buffers are Bat
 checkpoints load into these modules and back.
 """
 
-from __future__ import annotations
-
-from torch import Tensor, nn
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
+from torch import Tensor, fx, nn
 
 from normlib import functional as F
+from normlib.nn._torch import fx_call
 from normlib.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _NormBase
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d", "renorm_limits", "set_renorm_limits"]
@@ -30,6 +31,8 @@ class _BatchRenorm(_NormBase):
         self.d_max = d_max
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         self._check_input_dim(input)
         running_mean, running_var, factor = self._running_update()
         return F.batch_renorm(input, running_mean, running_var, self.weight, self.bias, self.training, factor,

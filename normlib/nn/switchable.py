@@ -9,13 +9,14 @@ with :math:`w = \mathrm{softmax}(\text{mean\_weight})`, :math:`w' = \mathrm{soft
 both learned, of size 3 in the order (IN, LN, BN). Written from the paper's formulas.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.nn import init
 
 from normlib import functional as F
+from normlib.nn._torch import fx_call
 from normlib.nn.batchnorm import _NormBase
 
 __all__ = ["SwitchableNorm1d", "SwitchableNorm2d", "SwitchableNorm3d"]
@@ -41,6 +42,8 @@ class _SwitchableNorm(_NormBase):
         return torch.softmax(self.mean_weight.detach(), 0), torch.softmax(self.var_weight.detach(), 0)
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         if input.dim() != self._spatial_dims + 2:
             raise ValueError(f"expected {self._spatial_dims + 2}D input (got {input.dim()}D input)")
         running_mean, running_var, factor = self._running_update()

@@ -15,16 +15,17 @@ Works with any ``torch.distributed`` backend: gloo on CPUs, NCCL on GPUs. Outsid
 group of more than one rank, or in eval mode, it is BatchNorm.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a forward's annotations into the graphs it traces,
+# where a string would not pickle.
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
 from normlib import functional as F
 from normlib.backend import ops
 from normlib.functional import _acc_dtype, _channel_shape, _update_running
+from normlib.nn._torch import fx_call
 from normlib.nn.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
@@ -91,7 +92,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
         return dx.to(ctx.dtype), dw, db, None, None, None, None, None
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     r"""BatchNorm over the global batch of a data-parallel job; a drop-in for ``torch.nn.SyncBatchNorm``.
 
     :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with :math:`\mu, \sigma^2` the moments of
@@ -99,8 +100,8 @@ class SyncBatchNorm(_BatchNorm):
     >= 2. Works on CPUs with gloo as well as on GPUs with NCCL. Weight and bias gradients stay local: the
     data-parallel wrapper averages them like every other parameter's. As in torch, it synchronises only in
     training with batch statistics; in evaluation (running statistics, or batch statistics of the local
-    batch when ``track_running_stats=False``) each rank works alone. It is a BatchNorm (``isinstance``),
-    so :func:`normlib.fold_batchnorm` folds it.
+    batch when ``track_running_stats=False``) each rank works alone. It is a ``torch.nn.SyncBatchNorm`` and a
+    BatchNorm (``isinstance``), so :func:`normlib.fold_batchnorm` folds it.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -118,6 +119,8 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, input: Tensor) -> Tensor:
+        if isinstance(input, fx.Proxy):
+            return fx_call(self, input)
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         running_mean, running_var, factor = self._running_update()
@@ -136,13 +139,14 @@ class SyncBatchNorm(_BatchNorm):
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
-        """Replace every BatchNorm (torch's or normlib's) in ``module`` by a SyncBatchNorm, recursively.
+        """Replace every BatchNorm (torch's or normlib's) in ``module`` by normlib's SyncBatchNorm, recursively.
 
         Parameters and buffers are shared with the originals (not copied), as in torch; the training
-        mode is kept.
+        mode is kept. torch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` finds normlib's BatchNorms
+        too (they are ``torch.nn`` BatchNorms) and replaces them by torch's SyncBatchNorm.
         """
         output = module
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm)):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             output = cls(module.num_features, module.eps, module.momentum, module.affine,
                          module.track_running_stats, process_group, bias=module.bias is not None)
             if module.affine:
