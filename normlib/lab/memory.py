@@ -23,9 +23,22 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["PAGE_SIZE", "faults_per_call", "layer_norm_faults", "minor_faults", "reuse_bandwidths"]
+__all__ = ["PAGE_SIZE", "faults_per_call", "layer_norm_faults", "minor_faults", "one_page_per_fault",
+           "reuse_bandwidths"]
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def one_page_per_fault() -> bool:
+    """True where a minor fault maps one 4 KiB page: the page size is 4 KiB and transparent huge pages
+    are not on for every mapping (Linux's ``always``, under which one fault may map 2 MiB)."""
+    if PAGE_SIZE != 4096:
+        return False
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" not in f.read()
+    except OSError:
+        return True  # no transparent huge pages
 
 
 def minor_faults() -> int | None:
