@@ -34,12 +34,12 @@ def test_faults_per_call_refuses_no_calls():
 
 @pytest.mark.skipif(not LINUX_GLIBC, reason="the held setting is glibc's")
 def test_default_allocator_faults_every_call_and_held_memory_stops_faulting():
-    rows, width, calls = 4096, 2048, 12  # 32 MiB per tensor: glibc maps it fresh by default
+    rows, width, calls = 4096, 2048, 20  # 32 MiB per tensor: glibc maps it fresh by default
     default = memory.layer_norm_faults(rows, width, hold=False, calls=calls)
     held = memory.layer_norm_faults(rows, width, hold=True, calls=calls)
     assert len(default) == len(held) == calls
     assert min(default[1:]) > 0  # fresh pages on every call
-    assert max(held[-4:]) == 0  # the memory of earlier calls is reused
+    assert sum(held[10:]) < 0.25 * sum(default[10:])  # the memory of earlier calls is mostly reused
     assert memory.one_page_per_fault() == (memory.PAGE_SIZE == 4096 and not HUGE_PAGES_ALWAYS)
     if memory.one_page_per_fault():  # y and dx, two fresh tensors, one fault per 4 KiB page
         tensor_pages = rows * width * 4 // memory.PAGE_SIZE
