@@ -30,7 +30,8 @@
 #
 # Weighting by $n_r$ makes uneven batches right (the last batch of an epoch, or a rank with a single
 # sample), and combining deviations rather than raw sums of squares avoids the cancellation of
-# $E[x^2] - E[x]^2$. In the backward pass the BatchNorm gradient (see the backprop lesson) needs two
+# $E[x^2] - E[x]^2$: it is the pairwise update of Chan, Golub and LeVeque {cite}`chan1983algorithms`,
+# applied to $R$ parts at once. In the backward pass the BatchNorm gradient (see the backprop lesson) needs two
 # sums over the batch, $\sum \hat{g}$ and $\sum \hat{g}\hat{x}$; they are all-reduced across ranks.
 #
 # `normlib.nn.SyncBatchNorm` does this on top of `torch.distributed`, so it runs with the gloo backend on
@@ -52,6 +53,8 @@ if importlib.util.find_spec("normlib") is None:
     importlib.invalidate_caches()
 
 # %%
+import statistics
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -171,10 +174,55 @@ print(evidence.table(["channels", "ranks", "all-gather", "all-reduce"], rows))
 
 # %% [markdown]
 # These are kilobytes per layer, tiny next to the gradient all-reduce of the weights (a model with 25
-# million parameters all-reduces 100 MB of float32 gradients every step). What costs is latency: two more
-# collective operations per BatchNorm layer, each a synchronization point that waits for the slowest
-# rank, and the all-gather grows linearly with the number of ranks. That is why large jobs often
-# synchronize BatchNorm only within small groups of ranks (the `process_group` argument).
+# million parameters all-reduces 100 MB of float32 gradients every step). What costs, then, should be
+# latency: two more collective operations per BatchNorm layer, each a synchronization point that waits
+# for the slowest rank, and the all-gather grows linearly with the number of ranks.
+#
+# We can time it here, on two gloo processes on this machine: `normlib.lab.ddp.step_times` trains two
+# copies of the digits LeNet (float32, 16 samples per process) under `DistributedDataParallel`, one
+# with SyncBatchNorm and one with per-process BatchNorm, on the same batches, alternating the two step
+# by step so that a slow moment of the machine lands on both, and times each training step (forward,
+# backward with the gradient all-reduce, update) after a barrier. It also times one all-gather of a
+# 16-channel layer's statistics (33 numbers) on its own. Timings vary from run to run and machine to
+# machine, so this cell's output is not compared:
+
+# %% tags=["nbval-ignore-output"]
+from normlib.lab.ddp import step_times
+
+timed = step_times(world_size=2, per_rank_batch=16, steps=200)
+sync_s, local_s = (timed["step_s"][v] for v in ("SyncBatchNorm", "per-process BatchNorm"))
+# the two variants alternate, so step i of one and step i of the other ran back to back
+paired = [a - b for a, b in zip(sync_s, local_s, strict=True)]
+gather = statistics.median(timed["all_gather_s"])
+collectives = 2 * timed["sync_layers"]
+for variant, seconds in timed["step_s"].items():
+    print(f"{variant:<22} median step {1e3 * statistics.median(seconds):6.2f} ms")
+print(f"sync minus per-process, pair by pair: median {1e3 * statistics.median(paired):+.2f}"
+      f" ms; sync slower in {sum(d > 0 for d in paired) / len(paired):.0%} of pairs")
+print(f"one all-gather of 33 numbers alone: {1e6 * gather:.0f} µs median; times"
+      f" {collectives} collectives: {1e3 * collectives * gather:.2f} ms")
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Time of each of 200 data-parallel training steps of the digits LeNet on two gloo processes of this machine, with SyncBatchNorm and with per-process BatchNorm, the two alternated step by step (sorted, so that the curves show the whole distribution; log scale).", "name": "fig-13-step-times"}, "image": {"alt": "Two rising curves of step time against the rank of the step when sorted, on a logarithmic axis, one for SyncBatchNorm and one for per-process BatchNorm."}}
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for variant, seconds in timed["step_s"].items():
+    ax.plot(sorted(1e3 * t for t in seconds), label=variant)
+ax.set(xlabel="steps, sorted by time", ylabel="step time (ms)", yscale="log")
+ax.legend(loc="upper left")
+fig.tight_layout()
+
+# %% [markdown]
+# SyncBatchNorm's extra work in a step is those collectives: their data are about a kilobyte at most
+# (241 numbers for the 120-channel layer), so what they cost is their latency, about the all-gather's time above for each of them (the
+# all-reduce of the backward is of the same size), and each also waits for the slower process. On
+# a model this small, whose steps do little else, that can be a visible share of a step; on a large
+# convolutional network, whose steps take hundreds of milliseconds, the same few collectives per
+# layer are a small one. Across machines every collective crosses the network, whose latency is
+# higher than that of two processes on one host talking through its memory. How large the
+# difference comes out here depends on the machine and on what else runs on it: on a busy machine
+# the two processes wait for the scheduler more than for each other, and the spread of the steps
+# (the figure) can hide the collectives altogether. So the numbers are shown, and the lesson checks
+# no claim about them. Where the latency does matter, large jobs synchronize BatchNorm only within
+# small groups of ranks (the `process_group` argument).
 #
 # ## The same code on many machines
 #
@@ -202,8 +250,10 @@ print(evidence.table(["channels", "ranks", "all-gather", "all-reduce"], rows))
 #
 # ## Exercises
 #
-# 1. Show with `check_sync_batchnorm` that a rank with a batch of one sample is handled correctly. What
-#    does an ordinary BatchNorm do with one sample per channel in training?
+# 1. `check_sync_batchnorm` uses 4×4 feature maps, so even a rank with one sample has 16 values per
+#    channel. Write the same check for `(n, C)` inputs (a `BatchNorm1d` after a linear layer) with two
+#    ranks of one sample each, whose own variances are 0: does the combined variance come out right?
+#    What do an ordinary `BatchNorm1d` and SyncBatchNorm do when the whole batch holds one sample?
 # 2. Why are the weight and bias gradients of SyncBatchNorm *not* all-reduced inside the layer?
 # 3. Derive the combination formula for $\sigma^2$ from the law of total variance.
 # 4. Run `step_by_step` with `world_size=4, per_rank_batch=1`. Which variant fails, and why? Then try

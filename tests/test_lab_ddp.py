@@ -28,3 +28,15 @@ def test_sync_batchnorm_retraces_one_process_and_per_process_batchnorm_does_not(
 def test_step_by_step_refuses_more_steps_than_the_data_holds():
     with pytest.raises(ValueError, match="training digits"):
         step_by_step(world_size=2, per_rank_batch=2, steps=1000)
+
+
+def test_step_times_times_both_variants_on_every_step():
+    from normlib.lab.ddp import STEP_TIME_VARIANTS, step_times
+
+    timed = step_times(world_size=2, per_rank_batch=4, steps=3)
+    assert tuple(timed["step_s"]) == STEP_TIME_VARIANTS
+    assert all(len(t) == 3 and min(t) > 0 for t in timed["step_s"].values())
+    assert timed["sync_layers"] == 3  # LeNet: two BatchNorm2d and one BatchNorm1d
+    assert len(timed["all_gather_s"]) == 3 and min(timed["all_gather_s"]) > 0
+    with pytest.raises(ValueError, match="steps"):
+        step_times(steps=0)

@@ -133,3 +133,74 @@ def step_by_step(world_size: int = 2, per_rank_batch: int = 2, steps: int = 20, 
     single = _sgd_steps(model, x, y, batches, lr, snapshot_of=model)
     results = launch(_step_by_step_worker, world_size, (per_rank_batch, steps, lr, seed), timeout=300)
     return {"one process": single, **results[0]}
+
+
+STEP_TIME_VARIANTS = ("SyncBatchNorm", "per-process BatchNorm")
+
+
+def _step_time_worker(rank: int, world_size: int, per_rank_batch: int, steps: int, seed: int, messages) -> dict:
+    import statistics
+    import time
+    import warnings
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from normlib import nn as N
+
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    x, y, _ = _global_batches(world_size, per_rank_batch, 1, seed)
+    x = x.float()
+    gen = torch.Generator().manual_seed(seed + rank)
+    models, optimizers = {}, {}
+    for variant in STEP_TIME_VARIANTS:
+        model = _lenet64(N.BatchNorm2d, N.BatchNorm1d, seed).float()
+        if variant == "SyncBatchNorm":
+            model = N.SyncBatchNorm.convert_sync_batchnorm(model)
+        models[variant] = DistributedDataParallel(model)
+        optimizers[variant] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times: dict[str, list[float]] = {v: [] for v in STEP_TIME_VARIANTS}
+    for step in range(steps + 5):  # the first 5 steps of each variant warm up and are not timed
+        idx = torch.randint(len(x), (per_rank_batch,), generator=gen)
+        order = STEP_TIME_VARIANTS if step % 2 == 0 else STEP_TIME_VARIANTS[::-1]
+        for variant in order:
+            dist.barrier()  # both processes start the step together
+            start = time.perf_counter()
+            loss = loss_fn(models[variant](x[idx]), y[idx])
+            optimizers[variant].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[variant].step()
+            if step >= 5:
+                times[variant].append(time.perf_counter() - start)
+    # one collective of the size SyncBatchNorm's forward sends for a layer of 16 channels, alone
+    stats = torch.zeros(2 * 16 + 1)
+    gathered = [torch.empty_like(stats) for _ in range(world_size)]
+    collective = []
+    for i in range(steps + 5):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_gather(gathered, stats)
+        if i >= 5:
+            collective.append(time.perf_counter() - start)
+    layers = sum(isinstance(m, N.SyncBatchNorm) for m in models["SyncBatchNorm"].modules())
+    return {"step_s": times, "all_gather_s": collective, "sync_layers": layers,
+            "median_step_s": {v: statistics.median(t) for v, t in times.items()}}
+
+
+def step_times(world_size: int = 2, per_rank_batch: int = 16, steps: int = 200, seed: int = 0) -> dict:
+    """Time training steps of the digits LeNet (float32) data-parallel, with and without SyncBatchNorm.
+
+    ``world_size`` gloo processes each train two copies of the model under DistributedDataParallel, one
+    with every BatchNorm converted to ``normlib.nn.SyncBatchNorm`` and one with per-process BatchNorm, on
+    the same random batches of ``per_rank_batch`` samples, alternating the two step by step (so that a
+    slow moment of the machine lands on both). Each step (forward, backward with DDP's gradient
+    all-reduce, SGD update) starts after a barrier and is timed on rank 0; the first 5 are warm-up.
+    Also times one ``all_gather`` of 33 numbers (a 16-channel layer's statistics) alone.
+
+    Returns rank 0's ``{"step_s": {variant: [seconds per step]}, "all_gather_s": [...],
+    "sync_layers": number of SyncBatchNorm layers, "median_step_s": {variant: median}}``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return launch(_step_time_worker, world_size, (per_rank_batch, steps, seed), timeout=300)[0]
