@@ -332,8 +332,8 @@ for name, fn in (("torch", lambda x: TF.dropout(x, 0.3, True)),
 # The mask costs memory held from the forward to the backward (in a network, one per dropout layer),
 # and traffic: it is written once and read once. With $n$ values of $b$ bytes and a mask of $m$ bytes
 # per value, torch's dropout moves $2nb + nm$ in the forward and as much in the backward; the
-# regenerated mask moves $2nb$ each way. For float32 and a one-byte mask, one eighth less traffic, and
-# no mask in memory at all.
+# regenerated mask moves $2nb$ each way. For float32 and a one-byte mask, that is $8n$ bytes instead
+# of $9n$ each way, and no mask in memory at all.
 #
 # ## The byte model, kernel by kernel
 #
@@ -366,14 +366,14 @@ for op, (fwd, bwd) in kernel_passes.items():
 # %% [markdown]
 # - **The row kernels meet the floor**: two passes forward, three backward. The partial sums add a
 #   $(P, N)$ float32 buffer for each of $\partial\gamma$ and $\partial\beta$, written by the kernel and
-#   read by the sum: $4 \cdot 4PN$ bytes. With $P = 4 \times 132 = 528$ programs (an H100 has 132
-#   multiprocessors) and $M = 4096$ rows that is $528/4096$ of a tensor for each of the four accesses, half
+#   read by the sum: $4 \cdot 4PN$ bytes. With $P = 4 \times 132 = 528$ programs (an H100 SXM has 132
+#   multiprocessors {cite}`nvidia2022h100`) and $M = 4096$ rows that is $528/4096$ of a tensor for each of the four accesses, half
 #   a pass in float32 and a whole pass in bfloat16 (computed below): the price of avoiding atomics, and
 #   the place to look first if the backward falls short of the bandwidth.
 # - **The set kernels read $x$ three times in the forward** (the mean, the variance, the output), and
 #   $x$ and $\partial L/\partial y$ twice in the backward. These are passes over one set at a time: a set
-#   of 25,088 float32 values (BatchNorm's channel of a `(32, 64, 56, 56)` input, 100 KB) can still be in
-#   the GPU's L2 cache when it is read again, so the model's count is the most they move, not what they
+#   of 25,088 float32 values (a GroupNorm group, 8 groups, of a `(32, 64, 56, 56)` input: 100 KB) can
+#   still be in the GPU's L2 cache when it is read again, so the model's count is the most they move, not what they
 #   must move. Welford's algorithm {cite}`welford1962note` would fold the first two sweeps into one (an
 #   exercise).
 # - **Dropout** meets its floor, which is lower than a norm's: its backward needs only
