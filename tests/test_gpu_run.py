@@ -27,11 +27,17 @@ def test_result_file_is_named_after_the_gpu():
 
 
 def test_dry_run_takes_every_step_and_writes_a_result_file(tmp_path):
+    lesson = tmp_path / "lesson" / "01_a.py"  # stands in for a lesson: plain Python, with a figure
+    lesson.parent.mkdir()
+    lesson.write_text("# %%\nimport matplotlib.pyplot as plt\n\n"
+                      "plt.plot([1, 2])\nprint('lesson ran:', plt.get_backend())\n")
     done = subprocess.run([sys.executable, "tools/gpu_run.py", "--dry-run", "--results", str(tmp_path),
-                           "--select", "against_torch or dropout"], cwd=ROOT, capture_output=True, text=True)
+                           "--select", "against_torch", "--lessons", str(lesson)], cwd=ROOT,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for line in ("== environment", "== kernel tests (interpreter, quick scope): ok", "== benchmark suite: ok"):
-        assert line in done.stdout
+    for line in ("== environment", "== kernel tests (interpreter, quick scope): ok", "== lesson 01_a.py: ok",
+                 "lesson ran: agg", "== benchmark suite: ok"):
+        assert line.lower() in done.stdout.lower()
     report = json.loads((tmp_path / "dry-run.json").read_text())
     assert report["complete"] and report["triton_interpreted"] and report["repeats"] == 2
     for key in ("device", "torch", "triton", "date", "copy_bandwidth_GBps", "results"):
@@ -47,3 +53,11 @@ def test_without_a_gpu_it_says_so(tmp_path):
     done = subprocess.run([sys.executable, "tools/gpu_run.py", "--results", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""})
     assert done.returncode != 0 and "no CUDA device" in done.stderr
+
+
+def test_a_spent_budget_skips_what_is_left(tmp_path):
+    done = subprocess.run([sys.executable, "tools/gpu_run.py", "--dry-run", "--results", str(tmp_path),
+                           "--budget-minutes", "0.0001"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 124 and "the budget is spent" in done.stdout
+    assert "== kernel tests" not in done.stdout and "== benchmark suite" not in done.stdout
+    assert "no result file was written" in done.stdout
