@@ -17,6 +17,7 @@ import contextlib
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,24 @@ def cpu_details() -> dict[str, str | None]:
     except OSError:
         pass
     return details
+
+
+def gpu_details(device: torch.device | str = "cuda") -> dict[str, object]:
+    """The GPU's name, multiprocessors, memory, L2 cache, compute capability, CUDA version and driver
+    (from ``nvidia-smi``, where it is on the path), for a benchmark's provenance."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    driver = None
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={index}"],
+                                capture_output=True, text=True, timeout=60).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    l2 = getattr(props, "L2_cache_size", 0)
+    return {"name": props.name, "multiprocessors": props.multi_processor_count,
+            "memory_GiB": round(props.total_memory / 2**30, 1), "L2_MiB": round(l2 / 2**20, 1) if l2 else None,
+            "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda, "driver": driver}
 
 
 def default_device() -> torch.device:
