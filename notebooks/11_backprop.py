@@ -74,7 +74,7 @@ import matplotlib.pyplot as plt
 nodes = {"x": (0, 0), "mu": (1.4, 1.1), "x_mu": (2.8, 0), "s": (3.6, -1.2),
          "var": (5.0, -1.2), "std": (6.4, -1.2), "rho": (7.8, -1.2), "x_hat": (8.6, 0),
          "y": (10.2, 0), "gb": (10.2, 1.1)}
-names = {"x": "$x$", "mu": "$\\mu$", "x_mu": "$x_\\mu$", "s": "$s = x_\\mu^2$",
+names = {"x": "$x$", "mu": "$\\mu$", "x_mu": "$x_\\mu$", "s": "$s$",
          "var": "$\\sigma^2$", "std": "std", "rho": "$\\rho$", "x_hat": "$\\hat{x}$",
          "y": "$y$", "gb": "$\\gamma, \\beta$"}
 paths = {"direct": ("tab:blue", [("x", "x_mu")]),
@@ -213,7 +213,7 @@ for name, (call, shape, pshape) in cases.items():
                     "ok" if torch.allclose(g, a, atol=1e-5, rtol=1e-4) else "DIFFERENT"
                     for g, a in zip(grads["manual"], grads[other], strict=True)]
         line += f"{verdicts[0]:<8}{verdicts[1]:<8}{verdicts[2]:<10}"
-    print(line)
+    print(line.rstrip())
 
 # %% [markdown]
 # `tests/test_manual.py` also runs `torch.autograd.gradcheck` in float64 on every one.
