@@ -288,14 +288,15 @@ records += [{"norm": "BatchNorm, own statistics", "seed": r["seed"], "lengths": 
              "acc": r[f"{k} own"]} for r in rnn_runs.select(norm="batch").records
             for k in LENGTHS]
 by_length = evidence.Runs(records)
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
+fig, ax = plt.subplots(figsize=(6.5, 4.6))
 by_length.plot("acc", x="lengths", series="norm", ax=ax, scale=100)
 ax.containers[-1].lines[0].set_linestyle("--")  # the control
 ax.axvline(0.5, color="k", lw=0.8, ls=":")
 ax.axhline(50, color="0.5", lw=0.8, ls="-.")
 ax.text(2, 51, "chance", ha="right", va="bottom", fontsize=9, color="0.3")
 ax.set(xlabel="test sequence length (steps)", ylabel="test accuracy (%)")
-ax.legend(title=f"{len(SEEDS)} seeds each", fontsize=10)
+ax.legend(title=f"{len(SEEDS)} seeds each", fontsize=9, title_fontsize=9, ncol=2,
+          loc="upper center", bbox_to_anchor=(0.5, -0.2))
 fig.tight_layout()
 
 # %% [markdown]
