@@ -248,7 +248,10 @@ for name, (layer, _) in layers.items():
 #    `normalized_shape = D`. Which axes does `moments` reduce? Check with `R.layer_norm`.
 # 2. Use `norm_set_mask` to show that for $G = C$ the GroupNorm set equals the InstanceNorm set
 #    for every element $i$, not just $i = (0, 0)$.
-# 3. Why does subtracting the mean make the bias of a preceding convolution useless? (Hint: add a
-#    constant to one channel of `x` and compare `R.batch_norm` before and after.)
+# 3. Why does subtracting the mean make the bias of a preceding convolution useless in BatchNorm and
+#    InstanceNorm? (Hint: add a constant to one channel of `x` and compare `R.batch_norm` before and
+#    after.) A convolution's bias is one constant per channel, so it cancels only where every element
+#    of $S_i$ lies in one channel. Repeat the test with `R.layer_norm` and with `R.group_norm(x, 3)`
+#    (two channels per group): which part of the bias cancels there, and which part survives?
 # 4. BatchNorm's $m$ is $NHW$. How small can the batch get before a 1×1 feature map (e.g. after global
 #    pooling) has only one value per channel? What does `torch.nn.BatchNorm1d` do then in training?

@@ -14,8 +14,9 @@
 # Autograd differentiates the normalization for us, but it pays for it: it records every intermediate
 # of the forward pass and keeps them for the backward. Deriving the gradient by hand shows *what* the
 # gradient of a norm is (a projection, as we will see) and gives a backward pass that keeps almost
-# nothing. We do it the way CS231n does: the computational graph first, one node at a time in NumPy,
-# checked against finite differences; then the compact formula; then a `torch.autograd.Function`.
+# nothing. We do it the way the CS231n course notes do {cite}`cs231n-notes`: the computational graph
+# first, one node at a time in NumPy, checked against finite differences; then the compact formula;
+# then a `torch.autograd.Function`.
 
 # %% tags=["remove-cell"]
 # Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
@@ -65,7 +66,40 @@ lab.setup()
 # Each line is one node of the graph, computed from the nodes above it. Backprop visits the nodes in
 # reverse, multiplying by each node's local derivative. Note that $x$
 # reaches the output by three paths (directly, through $\mu$, and through $\sigma^2$), and $x_\mu$ by
-# two; their gradients add up. Here is `normlib.reference.normalize_backward`, which does exactly that:
+# two; their gradients add up.
+
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The computational graph of a norm for one set $S$. The input $x$ reaches $\\hat{x}$ by three paths: directly into $x_\\mu$ (blue), through the mean $\\mu$ (orange), and through the variance $\\sigma^2$ (green, which starts from $x_\\mu$). Backprop adds the gradients of the three paths.", "name": "fig-11-graph"}, "image": {"alt": "A graph of boxes joined by arrows, left to right: x to x minus mu to x hat to y. A blue arrow goes from x straight to x minus mu, an orange path from x through mu to x minus mu, and a green path from x minus mu through s, sigma squared, std and rho to x hat. Gamma and beta join at y."}}
+import matplotlib.pyplot as plt
+
+nodes = {"x": (0, 0), "mu": (1.4, 1.1), "x_mu": (2.8, 0), "s": (3.6, -1.2),
+         "var": (5.0, -1.2), "std": (6.4, -1.2), "rho": (7.8, -1.2), "x_hat": (8.6, 0),
+         "y": (10.2, 0), "gb": (10.2, 1.1)}
+names = {"x": "$x$", "mu": "$\\mu$", "x_mu": "$x_\\mu$", "s": "$s$",
+         "var": "$\\sigma^2$", "std": "std", "rho": "$\\rho$", "x_hat": "$\\hat{x}$",
+         "y": "$y$", "gb": "$\\gamma, \\beta$"}
+paths = {"direct": ("tab:blue", [("x", "x_mu")]),
+         "through the mean": ("tab:orange", [("x", "mu"), ("mu", "x_mu")]),
+         "through the variance": ("tab:green", [("x_mu", "s"), ("s", "var"), ("var", "std"),
+                                                ("std", "rho"), ("rho", "x_hat")]),
+         "shared": ("0.3", [("x_mu", "x_hat"), ("x_hat", "y"), ("gb", "y")])}
+fig, ax = plt.subplots(figsize=(7, 2.8))
+for key, (px, py) in nodes.items():
+    ax.text(px, py, names[key], ha="center", va="center", fontsize=11,
+            bbox={"boxstyle": "round,pad=0.35", "fc": "white", "ec": "0.4"})
+for label, (color, edges) in paths.items():
+    for i, (a, b) in enumerate(edges):
+        ax.annotate("", xy=nodes[b], xytext=nodes[a],
+                    arrowprops={"arrowstyle": "->", "color": color, "lw": 1.6,
+                                "shrinkA": 14, "shrinkB": 14})
+        if i == 0:  # one legend entry per path
+            ax.plot([], [], color=color, lw=1.6, label=label)
+ax.set(xlim=(-0.6, 10.8), ylim=(-1.8, 1.7))
+ax.axis("off")
+ax.legend(loc="upper left", fontsize=9, frameon=False, ncol=2, bbox_to_anchor=(0.0, 1.12))
+fig.tight_layout()
+
+# %% [markdown]
+# Here is `normlib.reference.normalize_backward`, which walks that graph backwards:
 
 # %%
 print(inspect.getsource(R.normalize_backward))
@@ -74,8 +108,9 @@ print(inspect.getsource(R.normalize_backward))
 # ## Checked against finite differences
 #
 # The numerical gradient $\frac{f(x + h) - f(x - h)}{2h}$ of $L = \sum y \odot \partial L/\partial y$,
-# element by element, against the analytic one; CS231n's relative error
-# $\frac{|a - b|}{|a| + |b|}$ should be around $10^{-8}$ or below in float64:
+# element by element, against the analytic one. With CS231n's relative error
+# $\frac{|a - b|}{|a| + |b|}$ {cite}`cs231n-notes`, $10^{-7}$ or less means the gradient is right
+# for a smooth function; in float64 it is what we test:
 
 # %%
 print(inspect.getsource(R.numeric_grad))
@@ -138,12 +173,14 @@ print("  dL/dx * x_hat", np.round((xt.grad * x_hat).sum(0).numpy(), 12) + 0.0)
 print(inspect.getsource(M._NormAffine.backward))
 
 # %% [markdown]
-# In the spirit of micrograd's "backprop ninja", each hand-derived gradient is compared with
-# autograd's. Autograd here differentiates `normlib.functional`, the composition of tensor ops, in
-# float32. The question is whether they agree to float32 precision (here: within $10^{-5}$ plus
-# $10^{-4}$ of the value), not whether their last bits coincide: the two compute the same quantity
-# in a different order of floating-point operations, and whether the rounding happens to come out
-# the same varies from machine to machine.
+# In the spirit of "Becoming a Backprop Ninja", part 4 of Karpathy's makemore series
+# {cite}`karpathy2022ninja`, each hand-derived gradient is compared with two others, in float32:
+# autograd differentiating `normlib.functional` (the composition of tensor ops), and torch's own
+# native backward (`torch.nn.functional`, one fused kernel per norm, derived by torch's authors). The
+# question is whether they agree to float32 precision (here: within $10^{-5}$ plus $10^{-4}$ of the
+# value), not whether their last bits coincide: each computes the same quantity in a different order
+# of floating-point operations, and whether the rounding happens to come out the same varies from
+# machine to machine.
 
 # %%
 x4, p6 = (16, 6, 4, 4), (6,)
@@ -154,22 +191,29 @@ cases = {  # name: (call with weight w and bias b, input shape, parameter shape)
     "group_norm": (lambda f, x, w, b: f.group_norm(x, 3, w, b), x4, p6),
     "rms_norm": (lambda f, x, w, b: f.rms_norm(x, [16], w), (8, 4, 16), (16,)),
 }
-print("manual vs autograd (ok: torch.allclose, atol=1e-5, rtol=1e-4)")
-print(f"{'':<15}{'dx':<8}{'dgamma':<8}{'dbeta':<8}")
+libs = {"manual": M, "functional": NF, "native": torch.nn.functional}
+print("manual against autograd through normlib.functional, and against torch's native")
+print("backward (ok: torch.allclose, atol=1e-5, rtol=1e-4; - : RMSNorm has no bias)")
+print(f"{'':<15}{'vs autograd':<26}{'vs torch native':<26}")
+print(f"{'':<15}" + f"{'dx':<8}{'dgamma':<8}{'dbeta':<10}" * 2)
 for name, (call, shape, pshape) in cases.items():
     tensors = [torch.randn(shape) * 2 + 1, torch.randn(pshape) + 1]
     if name != "rms_norm":  # RMSNorm has no bias
         tensors.append(torch.randn(pshape))
     grads = {}
-    for label, lib in (("manual", M), ("functional", NF)):
+    for label, lib in libs.items():
         leaves = [t.clone().requires_grad_() for t in tensors]
         y = call(lib, *leaves, *([None] if name == "rms_norm" else []))
         grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
         y.backward(grad_y)
-        grads[label] = [t.grad for t in leaves]
-    verdicts = ["ok" if torch.allclose(g, a, atol=1e-5, rtol=1e-4) else "DIFFERENT"
-                for g, a in zip(grads["manual"], grads["functional"], strict=True)]
-    print(f"{name:<15}" + "".join(f"{v:<8}" for v in verdicts))
+        grads[label] = [t.grad for t in leaves] + [None] * (3 - len(leaves))
+    line = f"{name:<15}"
+    for other in ("functional", "native"):
+        verdicts = ["-" if g is None else
+                    "ok" if torch.allclose(g, a, atol=1e-5, rtol=1e-4) else "DIFFERENT"
+                    for g, a in zip(grads["manual"], grads[other], strict=True)]
+        line += f"{verdicts[0]:<8}{verdicts[1]:<8}{verdicts[2]:<10}"
+    print(line.rstrip())
 
 # %% [markdown]
 # `tests/test_manual.py` also runs `torch.autograd.gradcheck` in float64 on every one.

@@ -66,7 +66,9 @@ class LeNet(nn.Module):
     ``conv_norm(C)`` builds the layer after each convolution (e.g. ``normlib.nn.BatchNorm2d``),
     ``fc_norm(F)`` the one after the first fully connected layer (e.g. ``normlib.nn.BatchNorm1d``);
     ``None`` leaves the place empty. When a norm follows a layer, that layer has no bias of its own:
-    the norm's :math:`\\beta` takes its place (a bias before a mean subtraction cancels out).
+    the norm's :math:`\\beta` takes its place (a per-channel bias cancels exactly where the statistics stay
+    within one channel, as in BatchNorm and InstanceNorm; under LayerNorm, or GroupNorm with several channels
+    per group, only its mean over the set cancels, and :math:`\\beta` is a stand-in, not an exact one).
     ``norm_after_activation=True`` puts each norm after its ReLU instead.
     """
 
