@@ -376,7 +376,7 @@ print("g=2: the 90% interval of the difference includes 0: these runs cannot tel
 # half, and under a quarter of the variance's); at $g = 8$ BN's share of the mean lies in between; at
 # $g = 32$ most of the mean's weight is on BN.
 #
-# The convolutions do not switch away from BN. Their batch statistics pool $g \times H \times W$
+# The convolutions are another matter. Their batch statistics pool $g \times H \times W$
 # values per channel, hundreds even at $g = 2$ (conv2: $2 \times 14 \times 14 = 392$), so BN's
 # statistics there are not noisy enough to give up. In conv2, BN's share of the variance even *rises*
 # from $g = 32$ to $g = 2$ (in the table above), the opposite of the paper's trend, where
