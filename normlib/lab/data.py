@@ -93,7 +93,9 @@ def class_pair_batches(y: torch.Tensor, per_class: int, gen: torch.Generator) ->
     """One epoch of non-iid batches: each batch holds ``per_class`` samples of each of two classes.
 
     The classes are paired at random each epoch; samples left over once a class runs short are
-    dropped for that epoch. This is the setting of the Batch Renormalization paper's non-iid test.
+    dropped for that epoch. This is a harsher non-iid setting than the Batch Renormalization paper's,
+    whose minibatches of 32 each held 16 classes with 2 images per class: here a batch holds two
+    classes only.
     """
     classes = torch.unique(y)
     pools = {int(c): (y == c).nonzero().squeeze(1)[torch.randperm(int((y == c).sum()), generator=gen)]
