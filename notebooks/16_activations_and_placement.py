@@ -73,6 +73,13 @@ SEEDS = (0, 1, 2)
 # derivatives: the sigmoid's is at most $\tfrac14$ (at $z = 0$) and vanishes for large $|z|$, and
 # tanh, $\tanh z = 2\sigma(2z) - 1$, is a rescaled sigmoid whose derivative reaches 1.
 #
+# Three statements of the source articles need correcting. PReLU does not learn a slope for the
+# positive side: it learns $a$, the slope of the *negative* side, and keeps 1 for $z > 0$
+# {cite}`he2015delving`. SiLU does not keep positive activations from growing: for large $z$ it is
+# $z$ itself, unbounded like ReLU (its derivative, above, overshoots 1 before settling there). And
+# GELU did not reach Transformers through BERT: GPT-1 used it first {cite}`radford2018improving`,
+# some months before BERT {cite}`devlin2019bert`.
+#
 # NumPy versions with their derivatives are in `normlib.lab.activations`; here is the file's
 # sigmoid, written so that $e^{-z}$ cannot overflow:
 
@@ -122,7 +129,7 @@ for name, module in MODULES.items():
     print(lab.cmp(f"{name}, NumPy", f(zn), out, atol=1e-12))
     print(lab.cmp(f"{name}, NumPy f'", df(zn), grad, atol=1e-12))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "The activations (left) and their derivatives (right), from the NumPy formulas.", "name": "fig-16-activations"}, "image": {"alt": "Two line plots over z from -4 to 4. Left: ReLU and its leaky variants are straight lines bent at zero; sigmoid rises from 0 to 1 and tanh from -1 to 1; SiLU and GELU follow ReLU for large z but dip slightly below zero for negative z. Right: the derivatives; the sigmoid's peaks at one quarter at zero, tanh's at one, and SiLU's and GELU's overshoot one before settling."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The activations (left) and their derivatives (right), from the NumPy formulas; the legend, below, covers both panels.", "name": "fig-16-activations"}, "image": {"alt": "Two line plots over z from -4 to 4. Left: ReLU and its leaky variants are straight lines bent at zero; sigmoid rises from 0 to 1 and tanh from -1 to 1; SiLU and GELU follow ReLU for large z but dip slightly below zero for negative z. Right: the derivatives; the sigmoid's peaks at one quarter at zero, tanh's at one, and SiLU's and GELU's overshoot one before settling."}}
 zs = np.linspace(-4, 4, 801)
 fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
 for name, (f, df) in A.ACTIVATIONS.items():
@@ -131,8 +138,9 @@ for name, (f, df) in A.ACTIVATIONS.items():
     right.plot(zs, df(zs), label=name, **style)
 left.set(xlabel="z", ylabel="f(z)", ylim=(-1.5, 4))
 right.set(xlabel="z", ylabel="f'(z)", ylim=(-0.2, 1.2))
-left.legend(fontsize=10, ncol=2)
-fig.tight_layout()
+fig.legend(*left.get_legend_handles_labels(), fontsize=10, ncol=4,
+           loc="lower center")
+fig.tight_layout(rect=(0, 0.16, 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -184,14 +192,33 @@ print(
 # Each window sends its whole gradient to one position: three quarters of the positions get no
 # gradient at all from a 2x2 max pooling, while average pooling gives every position a quarter.
 #
+# The source articles credit pooling with three things: fewer parameters, less overfitting, and
+# invariance to small shifts. The first is arithmetic: pooling has no parameters of its own, and a
+# 2x2 pooling divides the inputs of a fully connected layer after it by 4. In LeNet below (two 2x2
+# poolings before the first fully connected layer), that layer's weights are counted with and without
+# the poolings:
+
+# %%
+fc_in = {"with both poolings": 16 * 7 * 7, "without them": 16 * 28 * 28}
+for label, n_in in fc_in.items():
+    print(f"first fully connected layer, {label:<19} {nn.Linear(n_in, 120).weight.numel():>9,}")
+
+# %% [markdown]
+# The other two are not tested in this lesson: whether fewer parameters means less overfitting
+# depends on the data and the training (the BatchNorm lesson's regularisation experiment shows how
+# such a claim has to be set up), and a max pooling is invariant only to shifts that keep each
+# window's maximum inside the window, which a shift by one pixel often does not.
+#
 # ## Saturation, measured
 #
 # The argument of the source article: in a deep sigmoid network the pre-activations drift towards the
 # flat ends of the sigmoid, where $\sigma' \approx 0$, so the gradient vanishes in the lower layers;
-# BatchNorm pulls them back to mean 0 and variance 1, where the sigmoid is sensitive. Measure both
+# BatchNorm pulls them back to mean 0 and variance 1, where the sigmoid is sensitive (Glorot and Bengio
+# studied the saturation of deep sigmoid networks {cite}`glorot2010understanding`). Measure both
 # halves on an MLP with six hidden layers of 128 units on the digits: the share of pre-activations
-# in the flat region ($|z| > 3$, where $\sigma'(z) < 0.05$), and the norm of each layer's weight
-# gradient, at initialisation and after 3 epochs. The initial weights of the hidden layers are
+# in the flat region ($|z| > 3$, where $\sigma'(z) < 0.05$), the forward signal (each unit's standard
+# deviation over the batch, averaged over a layer's units: what varies with the input), and the norm
+# of each layer's weight gradient, at initialisation and after 3 epochs. The initial weights of the hidden layers are
 # multiplied by a factor $s$: 1 is PyTorch's default, 8 makes large pre-activations from the start.
 
 # %%
@@ -201,8 +228,8 @@ ACTS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 def layer_report(model, x, y):
-    """Per hidden layer: share of pre-activations with |z| > 3;
-    per Linear: weight-gradient norm.
+    """Per hidden layer: share of pre-activations with |z| > 3 and their spread over the
+    batch (each unit's std, mean over units); per Linear: weight-gradient norm.
     """
     pre = []
     hooks = [
@@ -215,7 +242,8 @@ def layer_report(model, x, y):
     for h in hooks:
         h.remove()
     grads = [m.weight.grad.norm().item() for m in model if isinstance(m, nn.Linear)]
-    return [(z.abs() > 3).float().mean().item() for z in pre], grads, pre
+    sats = [(z.abs() > 3).float().mean().item() for z in pre]
+    return sats, grads, pre, [z.std(0, correction=0).mean().item() for z in pre]
 
 
 def saturation_run(seed, act, norm, scale, epochs=3):
@@ -227,7 +255,7 @@ def saturation_run(seed, act, norm, scale, epochs=3):
         for layer in [m for m in model if isinstance(m, nn.Linear)][:-1]:
             layer.weight.mul_(scale)
     x, y = digit_data[0][:512], digit_data[1][:512]
-    sat0, grad0, _ = layer_report(model, x, y)
+    sat0, grad0, _, spread0 = layer_report(model, x, y)
     hist = fit(
         model,
         digit_data,
@@ -239,7 +267,7 @@ def saturation_run(seed, act, norm, scale, epochs=3):
         progress=False,
     )
     model.train()
-    sat1, grad1, _ = layer_report(model, x, y)
+    sat1, grad1, _, _ = layer_report(model, x, y)
     return {
         "sat_init": sat0,
         "grad_init": grad0,
@@ -248,6 +276,8 @@ def saturation_run(seed, act, norm, scale, epochs=3):
         "max_sat_init": max(sat0),
         "max_sat_end": max(sat1),
         "grad_ratio": grad0[0] / grad0[-2],
+        "spread": spread0,
+        "spread_ratio": spread0[-1] / spread0[0],
         "test_acc": hist["test_acc"][-1],
     }
 
@@ -276,7 +306,8 @@ print(f"{len(saturation)} runs")
 
 # %% [markdown]
 # This run's numbers: the largest share of saturated pre-activations over the layers, the ratio of the
-# first layer's gradient norm to the last hidden layer's at initialisation, and test accuracy:
+# last hidden layer's forward signal to the first's and of the first layer's gradient norm to the
+# last hidden layer's, both at initialisation, and test accuracy:
 
 # %% tags=["nbval-ignore-output"]
 rows = []
@@ -287,13 +318,15 @@ for act, norm, scale in CASES:
             f"{act}, {norm}, s={scale:g}",
             f"{saturation.estimate('max_sat_init', **sel).scaled(100):.1f}",
             f"{saturation.estimate('max_sat_end', **sel).scaled(100):.1f}",
+            f"{saturation.estimate('spread_ratio', **sel).mean:.1e}",
             f"{saturation.estimate('grad_ratio', **sel).mean:.1e}",
             f"{saturation.estimate('test_acc', **sel).scaled(100):.1f}",
         ]
     )
 print(
     evidence.table(
-        ["network", "sat% init", "sat% end", "grad 1st/last", "test %"], rows
+        ["network", "sat% init", "sat% end", "signal last/1st", "grad 1st/last", "test %"],
+        rows,
     )
 )
 
@@ -337,7 +370,7 @@ for ax, (norm, scale) in zip(
     with torch.no_grad():
         for layer in [m for m in model if isinstance(m, nn.Linear)][:-1]:
             layer.weight.mul_(scale)
-    _, _, pre = layer_report(model, digit_data[0][:512], digit_data[1][:512])
+    _, _, pre, _ = layer_report(model, digit_data[0][:512], digit_data[1][:512])
     ax.boxplot([z.flatten().numpy() for z in pre], whis=(1, 99), showfliers=False)
     ax.axhspan(3, 40, color="0.85")
     ax.axhspan(-40, -3, color="0.85")
@@ -362,7 +395,18 @@ evidence.claim(
     0.01,
 )
 evidence.claim(
-    "yet the first layer's gradient is under 1/100 of the last hidden layer's",
+    "its forward signal shrinks: the last hidden layer's spread is under 1/100 of the first's",
+    sat("spread_ratio", norm="none", scale=1.0),
+    "<",
+    0.01,
+)
+# With BN the pre-activations are the BN's outputs: in training mode each unit has spread 1 over
+# the batch (gamma = 1 at initialisation), in every layer, by construction.
+for r in saturation.select(norm="BN").records:
+    assert np.allclose(r["spread"], 1.0, atol=1e-3), "BN's output has unit spread by construction"
+print("with BN, every layer's spread is 1 (BatchNorm's output in training mode, gamma = 1)")
+evidence.claim(
+    "and the first layer's gradient is under 1/100 of the last hidden layer's",
     sat("grad_ratio", norm="none", scale=1.0),
     "<",
     0.01,
@@ -395,12 +439,14 @@ for scale in (1.0, 8.0):
         "<",
         0.02,
     )
+    margin = {1.0: 0.30, 8.0: 0.10}[scale]  # at s=8 the plain runs spread widely
     evidence.claim(
-        f"the sigmoid network with BN beats it without by 30+ points (s={scale:g})",
+        f"the sigmoid network with BN beats it without by {100 * margin:.0f}+ points "
+        f"(s={scale:g})",
         sat("test_acc", norm="BN", scale=scale),
         ">",
         sat("test_acc", norm="none", scale=scale),
-        margin=0.30,
+        margin=margin,
         unit=100,
     )
 evidence.claim(
@@ -414,11 +460,13 @@ evidence.claim(
 
 # %% [markdown]
 # The article's picture is right about large weights and wrong about the default case. At PyTorch's
-# default initialisation the sigmoid network is *not* saturated, and its gradient vanishes anyway:
-# each layer multiplies the backward signal by $\sigma' \le \tfrac14$ and by small weights. BatchNorm
-# cures that too, not by moving pre-activations out of the flat region (they were never there) but
-# through its backward pass, which divides by the batch standard deviation, the same
-# $1/\sigma$ that makes the layer scale invariant. With large initial weights, the saturation the
+# default initialisation the sigmoid network is *not* saturated, and its signal vanishes anyway, in
+# both directions: forwards, each layer multiplies the input-dependent part of the signal by
+# $\sigma' \le \tfrac14$ and by small weights, so the last hidden layer barely sees the input; backwards,
+# the gradient shrinks by the same factors. BatchNorm cures both, not by moving pre-activations out of
+# the flat region (they were never there) but by dividing by the batch standard deviation: forwards,
+# that restores each layer's spread to 1; backwards, the same $1/\sigma$ (the one that makes the layer
+# scale invariant) scales the gradient back up. With large initial weights, the saturation the
 # article describes is real, and BatchNorm removes it, at initialisation and after training; but
 # even then the saturated network passes more gradient to its first layer than the unsaturated
 # default one, because its weights are larger. Saturation is one way to lose the gradient, not the
@@ -427,12 +475,19 @@ evidence.claim(
 # ## Placement: before or after the activation, before or after pooling
 #
 # The article's rule is Linear/Conv → BN → activation; the other common choice is BN after the
-# activation. With a max pooling in the block there is a third: conv → ReLU → pool → BN. Compare the
-# three in LeNet on 4,000 Fashion-MNIST images {cite}`xiao2017fashion`, everything else fixed
-# (2 epochs, SGD with momentum, batch 32).
+# activation. With a max pooling in the block there is a third: conv → ReLU → pool → BN. The
+# article's argument for its rule is about distributions: the output of a ReLU is not Gaussian, half
+# of it is exactly zero, and its shape changes as training moves the pre-activations, so a BN after
+# the ReLU normalizes a skewed, moving target. Compare the three in LeNet on 2,000 Fashion-MNIST
+# images {cite}`xiao2017fashion`, everything else fixed (SGD with momentum 0.9, batch 32, 3 epochs),
+# at two learning rates, three seeds each. Along the way we follow what the first BatchNorm
+# receives (its input, on 256 fixed training images), at initialisation and after each epoch: its
+# share of exact zeros and its skewness $E[(x-\mu)^3]/\sigma^3$ per channel (0 for a symmetric
+# distribution), averaged over the channels.
 
 # %%
-fashion = fashion_mnist(n_train=4000, n_test=1000)
+fashion = fashion_mnist(n_train=2000, n_test=1000)
+probe_images = fashion[0][:256]
 
 
 class PlacedLeNet(nn.Module):
@@ -473,132 +528,197 @@ class PlacedLeNet(nn.Module):
         return self.net(x)
 
 
-def second_conv_input(model, x):
-    """What the second convolution receives (in train mode, at initialisation)."""
-    conv2 = [m for m in model.net if isinstance(m, nn.Conv2d)][1]
+def input_of(model, layer, x):
+    """What `layer` receives when `model` runs on x (in the model's current mode)."""
     seen = []
-    hook = conv2.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    model(x)
+    hook = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        model(x)
     hook.remove()
     return seen[0]
 
 
+def second_conv_input(model, x):
+    """What the second convolution receives (in train mode, at initialisation)."""
+    return input_of(model, [m for m in model.net if isinstance(m, nn.Conv2d)][1], x)
+
+
+@torch.no_grad()
+def bn_input_shape(model):
+    """The first BN's input on the probe images (eval mode): zero share, mean skewness."""
+    was_training = model.training
+    model.eval()
+    a = input_of(model, model.net[[isinstance(m, nn.BatchNorm2d) for m in model.net].index(True)],
+                 probe_images)
+    model.train(was_training)
+    per_channel = a.transpose(0, 1).flatten(1)
+    centred = per_channel - per_channel.mean(1, keepdim=True)
+    skew = centred.pow(3).mean(1) / centred.pow(2).mean(1).pow(1.5)
+    return (a == 0).float().mean().item(), skew.mean().item()
+
+
 PLACEMENTS = ["before", "after", "after pool"]
+PLACE_SEEDS = (0, 1, 2)
+STEPS_PER_EPOCH = len(fashion[0]) // 32
 
 
-def placement_run(seed, placement):
+def placement_run(seed, placement, lr, epochs):
     lab.seed_everything(seed)
     model = PlacedLeNet(placement)
-    a = second_conv_input(model, fashion[0][:256])
+    model.train()
+    a = second_conv_input(model, probe_images)
+    shapes = []
+
+    def follow(step):
+        if step % STEPS_PER_EPOCH == 0:
+            shapes.append(bn_input_shape(model))
+
     hist = fit(
         model,
         fashion,
-        epochs=2,
+        epochs=epochs,
         batch_size=32,
-        lr=0.05,
+        lr=lr,
         momentum=0.9,
         seed=seed,
         progress=False,
+        on_step=follow,
     )
+    shapes.append(bn_input_shape(model))
     return {
         "test_acc": hist["test_acc"][-1],
         "zeros": (a == 0).float().mean().item(),
         "mean": a.mean().item(),
         "min": a.min().item(),
+        "bn_zeros": [z for z, _ in shapes],
+        "bn_skew": [k for _, k in shapes],
+        "skew_init": shapes[0][1],
+        "skew_end": shapes[-1][1],
+        "zeros_init": shapes[0][0],
+        "zeros_end": shapes[-1][0],
     }
 
 
+PLACE_LRS = [0.02, 0.1]
 placed = evidence.sweep(
-    placement_run, {"placement": PLACEMENTS}, seeds=SEEDS, desc="placements"
+    placement_run,
+    {"placement": PLACEMENTS, "lr": PLACE_LRS, "epochs": [3]},
+    seeds=PLACE_SEEDS,
+    desc="placements",
 )
 
 # %% [markdown]
-# This run's numbers: test accuracy, and what the second convolution receives at initialisation
-# (share of exact zeros, mean):
+# This run's numbers: test accuracy (%) by learning rate after 3 epochs; the difference "before"
+# minus each other placement (points, with its 90% interval); what the second convolution receives
+# at initialisation (share of exact zeros, mean); and the skewness of the first BN's input at
+# initialisation and at the end (lr 0.1):
 
 # %% tags=["nbval-ignore-output"]
+print(placed.table("test_acc", "placement", "lr", scale=100))
+for lr in PLACE_LRS:
+    for other in PLACEMENTS[1:]:
+        d = evidence.difference(placed.estimate("test_acc", placement="before", lr=lr),
+                                placed.estimate("test_acc", placement=other, lr=lr))
+        low, high = d.interval(0.90)
+        print(f"lr {lr:g}, before - {other:<10}: {100 * d.value:+5.1f} "
+              f"[{100 * low:+5.1f}, {100 * high:+5.1f}]")
 print(
     evidence.table(
-        ["BN placement", "test %", "zeros %", "mean"],
+        ["BN placement", "zeros %", "mean", "BN input skew: init", "end"],
         [
             [
                 p,
-                f"{placed.estimate('test_acc', placement=p).scaled(100):.1f}",
-                f"{placed.estimate('zeros', placement=p).scaled(100):.0f}",
-                f"{placed.estimate('mean', placement=p):.2f}",
+                f"{placed.estimate('zeros', placement=p, lr=0.1).scaled(100):.0f}",
+                f"{placed.estimate('mean', placement=p, lr=0.1):.2f}",
+                f"{placed.estimate('skew_init', placement=p, lr=0.1):.2f}",
+                f"{placed.estimate('skew_end', placement=p, lr=0.1):.2f}",
             ]
             for p in PLACEMENTS
         ],
     )
 )
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "LeNet on 4,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling: test accuracy after 2 epochs (left, mean ± s.e. over 3 seeds) and the distribution of the second convolution's input at initialisation (right, one seed).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements with error bars; the three are close together. Right: histograms of the values entering the second convolution; with BatchNorm before the ReLU the values are non-negative with a large spike at zero, with BatchNorm after the ReLU or after the pooling they are shifted to straddle zero."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "LeNet on 2,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling. Left: test accuracy after 3 epochs at two learning rates. Right: skewness of what the first BatchNorm normalizes, averaged over its channels, at initialisation and after each epoch at learning rate 0.1 (mean ± s.e. over 3 seeds).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements at learning rates 0.02 and 0.1, with error bars. Right: the skewness of the first BatchNorm's input over 3 epochs for the three placements; with BatchNorm before the ReLU it is that of a convolution's output, near zero at initialisation; after the ReLU it is large and positive."}}
 fig, (left, right) = plt.subplots(1, 2, figsize=(7, 4))
-placed.plot("test_acc", x="placement", ax=left, scale=100, ls="none", label="LeNet")
-left.set(xlabel="BatchNorm placement", ylabel="test accuracy (%)")
-for p in PLACEMENTS:
-    lab.seed_everything(0)
-    a = second_conv_input(PlacedLeNet(p), fashion[0][:256])
-    right.hist(
-        a.flatten().numpy(),
-        bins=np.linspace(-2, 4, 61),
-        histtype="step",
-        lw=1.5,
-        density=True,
-        label=p,
-    )
-right.set(xlabel="input of the second convolution", ylabel="density", yscale="log")
-right.legend(title="BN placement")
+for k, p in enumerate(PLACEMENTS):
+    ests = [placed.estimate("test_acc", placement=p, lr=lr).scaled(100) for lr in PLACE_LRS]
+    left.errorbar(np.arange(len(PLACE_LRS)) + 0.12 * (k - 1), [e.mean for e in ests],
+                  yerr=[e.sem for e in ests], marker="o", capsize=3, ls="none",
+                  color=f"C{k}", label=p)
+left.set(xticks=range(len(PLACE_LRS)), xticklabels=[f"{v:g}" for v in PLACE_LRS],
+         xlim=(-0.5, len(PLACE_LRS) - 0.5), xlabel="learning rate",
+         ylabel="test accuracy (%), 3 epochs")
+left.legend(title="BN placement", fontsize=9)
+for k, p in enumerate(PLACEMENTS):
+    curves = np.array([r["bn_skew"] for r in placed.select(placement=p, lr=0.1).records])
+    mean, sem = curves.mean(0), curves.std(0, ddof=1) / np.sqrt(len(curves))
+    right.errorbar(np.arange(len(mean)), mean, yerr=sem, marker="o", capsize=3,
+                   color=f"C{k}", label=p)
+right.axhline(0, color="grey", lw=0.8, ls=":")
+right.set(xlabel="epoch", ylabel="skewness of the first BN's input")
 fig.tight_layout()
 plt.show()
 
+# %% [markdown]
+# What holds by construction is checked, not claimed: a max pooling of a ReLU's output is never
+# negative; a BatchNorm in training mode hands on each channel centred on its $\beta$ (0 at
+# initialisation), so BN as the last thing before the next layer feeds it zero-mean values; and a
+# centred channel has values below zero, which a max pooling keeps wherever a whole window is
+# below the mean.
+
+# %%
+for r in placed.select(placement="before").records:
+    assert r["min"] >= 0, "ReLU then max pooling: nothing negative"
+for r in placed.select(placement="after pool").records:
+    assert abs(r["mean"]) < 1e-5, "BN in training mode: each channel's mean is beta = 0"
+for r in placed.select(placement="after").records:
+    assert r["min"] < 0, "a centred channel has values below zero"
+print("before: min >= 0; after pool: mean 0; after: values below zero (every run)")
+
 # %%
 evidence.claim(
-    "BN before the ReLU feeds the next layer non-negative values",
-    placed.estimate("min", placement="before"),
-    "≈",
-    0.0,
-)
-evidence.claim(
-    "... a quarter or more of them exactly zero (after the max pooling)",
-    placed.estimate("zeros", placement="before"),
+    "BN before the ReLU feeds the next layer a quarter or more exact zeros (at init)",
+    placed.estimate("zeros", placement="before", lr=0.1),
     ">",
     0.25,
 )
 evidence.claim(
-    "BN after the ReLU feeds it values of both signs, under 1% zeros",
-    placed.estimate("zeros", placement="after"),
+    "BN after the ReLU feeds it under 1% zeros",
+    placed.estimate("zeros", placement="after", lr=0.1),
     "<",
     0.01,
 )
 evidence.claim(
-    "... below zero too", placed.estimate("min", placement="after"), "<", 0.0
-)
-evidence.claim(
-    "BN after the pooling feeds it zero-mean values (|mean| < 0.05, train mode)",
-    abs(placed.estimate("mean", placement="after pool").mean),
-    "<",
-    0.05,
-)
-evidence.claim(
-    "BN before the ReLU beats BN after it by at least 1 point of test accuracy",
-    placed.estimate("test_acc", placement="before"),
+    "BN after the ReLU normalizes a quarter or more exact zeros (at init)",
+    placed.estimate("zeros_init", placement="after", lr=0.1),
     ">",
-    placed.estimate("test_acc", placement="after"),
-    margin=0.01,
-    unit=100,
+    0.25,
+)
+evidence.claim(
+    "... a skewed input: its skewness exceeds that of BN before the ReLU by > 0.5",
+    placed.estimate("skew_init", placement="after", lr=0.1),
+    ">",
+    placed.estimate("skew_init", placement="before", lr=0.1),
+    margin=0.5,
 )
 
+
 # %% [markdown]
-# The distributions differ as the article says: after a ReLU (and a max pooling) the signal is
-# one-signed with many exact zeros, and a BatchNorm placed after the ReLU re-centres it (to mean 0
-# exactly, in training, when it is the last thing before the next layer; a max pooling after it
-# lifts the mean again, since the maximum of a window is above its mean). And the accuracy follows
-# the article's rule in these runs: BN before the ReLU beats BN between the ReLU and the pooling.
-# About the third placement, BN after the pooling, we make no claim: its gap to the others is within
-# what three seeds resolve (exercise 4 asks for more). Placing BN after the max pooling changes less
-# than it seems: a per-channel affine map with $\gamma > 0$ is
-# increasing, so it commutes with the max,
+# The distributions differ as the article says. BN before the ReLU hands the next layer one-signed
+# values with many exact zeros (after the max pooling too), while a BN after the ReLU has to
+# normalize such a distribution itself: a quarter or more exact zeros and a skewed shape at
+# initialisation. The article's argument is that this shape keeps changing in training; the figure
+# follows it epoch by epoch, but it varies from seed to seed more than three seeds can pin down, so
+# we state nothing about its course.
+#
+# Does the placement change the accuracy? These runs do not tell the placements apart reliably: the
+# intervals of their differences (printed above) are wide, and at the larger rate BN after the ReLU
+# varies widely from seed to seed. So we make no claim about accuracy (exercise 4 asks for the runs
+# that could). The article's rule rests here on what the BN has to normalize and, below, on what
+# each placement allows at inference.
+#
+# Placing BN after the max pooling changes less than it seems: a per-channel affine map with
+# $\gamma > 0$ is increasing, so it commutes with the max,
 # $\max_W(\gamma x + \beta) = \gamma \max_W x + \beta$; only the set its statistics are taken over
 # changes.
 
@@ -678,6 +798,27 @@ for pad in (0, 1):
         )
 
 # %% [markdown]
+# In LeNet's "after" placement a max pooling sits between the BN and the next convolution:
+# conv → ReLU → BN → pool → conv. The fold forward has to pass through the pooling, and the
+# commutation above says when it can: $\max_W(s x + t) = s \max_W x + t$ needs $s > 0$ in every
+# channel, that is $\gamma_c / \sqrt{\sigma^2_c + \epsilon} > 0$, a positive $\gamma_c$. Then
+# conv(pool(BN(x))) = conv'(pool(x)) with the folded conv'; one channel with $\gamma_c < 0$ breaks it:
+
+# %%
+conv = nn.Conv2d(6, 16, 3, padding=0).double()
+with torch.no_grad():
+    want = conv(F.max_pool2d(bn(x), 2))
+    got = fold_into_next(bn, conv)(F.max_pool2d(x, 2))
+print(lab.cmp("fold through max pool, gamma > 0", got, want, atol=1e-12))
+flipped = nn.BatchNorm2d(6).double().eval()
+flipped.load_state_dict(bn.state_dict())
+with torch.no_grad():
+    flipped.weight[2] = -flipped.weight[2]
+    want = conv(F.max_pool2d(flipped(x), 2))
+    got = fold_into_next(flipped, conv)(F.max_pool2d(x, 2))
+print(f"{'... one gamma < 0':<28} {'differs' if not torch.allclose(got, want) else 'AGREES'}")
+
+# %% [markdown]
 # And the "before" placement folds backwards with the library's `fold_batchnorm` (lesson 12):
 
 # %%
@@ -692,17 +833,20 @@ print(lab.cmp("fold backward (conv -> BN)", got, want, atol=1e-12))
 
 # %% [markdown]
 # So the placements are not equal at deployment: "before" always folds away; "after" folds only into
-# an unpadded next layer (and LeNet's 3x3 convolutions pad), or into a fully connected layer.
+# an unpadded next layer (and LeNet's 3x3 convolutions pad), or into a fully connected layer, and
+# through a max pooling only when every $\gamma_c$ is positive (training does not guarantee it).
 #
 # ## Summary
 #
 # - Every activation and pooling of the source articles, from its formula, agrees with `torch.nn` in
 #   value and gradient; max pooling sends each window's gradient to one position.
-# - The vanishing gradient of a deep sigmoid network is there even without saturation; BatchNorm
-#   removes both the vanishing gradient and, with large weights, the saturation.
+# - The vanishing signal of a deep sigmoid network, forwards and backwards, is there even without
+#   saturation; BatchNorm restores both and, with large weights, removes the saturation.
 # - BN before or after the ReLU changes what the next layer sees (one-signed with many zeros, or
-#   centred); here BN before the ReLU, the article's rule, also gave the better test accuracy, and it
-#   is the placement that always folds away at inference.
+#   centred) and what the BN itself normalizes (a skewed input, with many zeros, after the ReLU);
+#   BN before the ReLU, the article's rule, is also the placement that always folds away at
+#   inference. Short runs at two learning rates, three seeds each, did not rank the placements by
+#   test accuracy.
 #
 # ## Exercises
 #
@@ -713,7 +857,7 @@ print(lab.cmp("fold backward (conv -> BN)", got, want, atol=1e-12))
 #    derivation not fit the sigmoid (hint: $\sigma(0) = \tfrac12$)?
 # 3. Replace the sigmoid by tanh in the scale-8 case. Which share of pre-activations saturates, and
 #    does BN still help by as much?
-# 4. Run the placement experiment with six seeds, and for 6 epochs instead of 2. Where does BN after
-#    the pooling land, and does the gap between "before" and "after" persist?
+# 4. Run the placement experiment with six seeds, on 4,000 images and for 10 epochs instead of 3.
+#    Can you rank the three placements now, and does the ranking depend on the learning rate?
 # 5. Make `fold_into_next` exact with padding: what value would the convolution have to pad with?
 #    Write a padded input that gives the same result as `conv(bn(x))` and check it with `lab.cmp`.

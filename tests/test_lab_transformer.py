@@ -80,3 +80,21 @@ def test_grad_norms_and_residual_rms_per_layer():
         assert len(rms) == 4
         if placement == "post":  # every block ends with a LayerNorm of unit gain: RMS 1 (up to eps)
             assert rms[1:] == pytest.approx([1.0] * 3, abs=1e-4)
+
+
+def test_train_with_radam_learns_and_differs_from_adam():
+    outs = {}
+    for optimizer in ("adam", "radam"):
+        torch.manual_seed(0)
+        model = TinyTransformer(8, 8, 16, 2, 1, "pre")
+        outs[optimizer] = train(model, steps=60, lr=1e-2, warmup=0, batch_size=16, seed=1, length=8, vocab=8,
+                                eval_size=64, optimizer=optimizer)
+    radam = outs["radam"]
+    assert radam["loss"][-1] < radam["loss"][0] and not radam["diverged"]
+    assert radam["loss"][0] == outs["adam"]["loss"][0]  # same model and batch before the first step
+    assert radam["loss"][1:] != outs["adam"]["loss"][1:]  # RAdam damps its first steps: another path
+
+
+def test_train_rejects_unknown_optimizer():
+    with pytest.raises(ValueError, match="'adam' or 'radam'"):
+        train(TinyTransformer(8, 8, 16, 2, 1), steps=1, optimizer="sgd")

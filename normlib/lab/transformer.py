@@ -153,9 +153,12 @@ def _loss_and_acc(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, float
 
 def train(model: nn.Module, *, steps: int = 300, lr: float = 1e-3, warmup: int = 0, batch_size: int = 32,
           seed: int = 0, length: int = 16, vocab: int = 16, eval_size: int = 512, record_every: int = 10,
-          ) -> dict[str, object]:
+          optimizer: str = "adam") -> dict[str, object]:
     """Train ``model`` on :func:`sorting_batch` with Adam (betas 0.9, 0.98, as Vaswani et al.; the fused
     implementation, one kernel for all parameters) and the schedule :func:`lr_at`.
+
+    ``optimizer="radam"`` uses RAdam instead (Liu et al. 2020: Adam whose step is damped while its
+    second-moment estimate rests on few gradients, the variance account of warm-up), same betas and eps.
 
     Batches come from a generator seeded with ``seed``; the evaluation set (``eval_size`` sequences) is the
     same for every run. A non-finite loss stops training (``diverged``). Returns ``loss`` (the training loss
@@ -164,7 +167,12 @@ def train(model: nn.Module, *, steps: int = 300, lr: float = 1e-3, warmup: int =
     """
     gen = torch.Generator().manual_seed(seed)
     x_te, y_te = sorting_batch(eval_size, length, vocab, torch.Generator().manual_seed(10_000))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    elif optimizer == "radam":
+        opt = torch.optim.RAdam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'radam', got {optimizer!r}")
     history: list[float] = []
     diverged = False
     model.train()
