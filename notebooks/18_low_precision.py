@@ -447,8 +447,10 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
 # for torch's layers and normlib's alike (torch's RMSNorm warns that it then cannot use its fused
 # kernel; the warning is silenced above). Under CUDA autocast, by the policy above, torch's three norms
 # on the float32 list hand float32 to the next layer; the arithmetic inside is float32 either way, and
-# only the dtype passed on changes. What normlib's layers return under CUDA autocast is not run here
-# (this book's machines have no GPU).
+# only the dtype passed on changes. normlib's layers follow the same policy, read from the same
+# registrations: under CUDA autocast its LayerNorm, GroupNorm and RMSNorm cast to float32 and return
+# float32, as torch's do (written from the policy and tested on the CPU by pretending it applies there;
+# this book's machines have no GPU to run it).
 #
 # ## Every layer against float64
 #
