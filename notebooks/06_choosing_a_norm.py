@@ -65,9 +65,10 @@ print(f"data: {data.name}, {len(x_train):,} training and {len(x_test):,} test im
 
 # %% [markdown]
 # The data are Fashion-MNIST {cite}`xiao2017fashion`: 28×28 grey images of ten kinds of clothing,
-# read from Debian's package `dataset-fashion-mnist`. Where that package is missing, the loader
-# falls back to the 8×8 digits resized to 28×28 and the line above says so; every claim below is
-# about Fashion-MNIST and may not hold on the digits.
+# read from Debian's package `dataset-fashion-mnist` where it is installed, else downloaded once
+# (30 MB, checked) into `~/.cache/normlib`. Offline, the loader stops with an error that says how to
+# get the data; it uses the 8×8 digits instead only when asked (`NORMLIB_DATA_FALLBACK=digits`), and
+# says so. Every claim below is about Fashion-MNIST.
 #
 # ## What to vary, and what to hold fixed
 #
