@@ -2,6 +2,9 @@
 
 Usage: python tools/execute_notebooks.py notebooks/01_one_formula.py [...]
 
+A cell may run for ``NORMLIB_CELL_TIMEOUT`` seconds (default 1800: a lesson's longest cell takes about a
+minute on an idle two-core machine, many times that on a loaded one).
+
 Progress bars print with carriage returns; the stored stream keeps only what a reader's screen would
 show at the end (the final state of each bar), which is also what nbval compares.
 """
@@ -42,7 +45,8 @@ def execute(py: Path) -> None:
     nb = jupytext.read(py)
     ipynb = py.with_suffix(".ipynb")
     start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    timeout = int(os.environ.get("NORMLIB_CELL_TIMEOUT", "1800"))
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(py.parent)}}).execute()
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"  # stable ids and no timestamps: re-running changes only what changed
