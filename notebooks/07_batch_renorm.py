@@ -324,7 +324,7 @@ print(runs.table("test_acc", rows="norm", cols="setting", scale=100))
 print("\ntraining accuracy (%)")
 print(runs.table("train_acc", rows="norm", cols="setting", scale=100))
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test accuracy (eval mode, left) and training accuracy (train mode, right) of BatchNorm, Batch Renorm and GroupNorm when the batch statistics come from the whole batch of 32, from random pairs, or from same-class pairs; mean and standard error over the seeds.", "name": "fig-07-results"}, "image": {"alt": "Two panels of points with error bars for BN, BRN and GN at three settings: iid 32, iid 2 and pairs 2. GN is flat across the settings. BN falls steeply from iid 32 to iid 2 and further with same-class pairs. BRN falls less than BN but stays below GN at 2 samples per statistic."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Test accuracy (eval mode, left) and training accuracy (train mode, right) of BatchNorm, Batch Renorm and GroupNorm when the batch statistics come from the whole batch of 32, from random pairs, or from same-class pairs; mean and standard error over the seeds.", "name": "fig-07-results"}, "image": {"alt": "Two panels of points with error bars for BN, BRN and GN at three settings: iid 32, iid 2 and pairs 2. GN changes less across the settings than the others. BN falls steeply from iid 32 to iid 2 and further with same-class pairs. BRN falls less than BN but stays below GN at 2 samples per statistic."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.7), sharey=True)
 panels = (("test_acc", "test (eval mode)"), ("train_acc", "training (train mode)"))
 for ax, (metric, title) in zip(axes, panels, strict=True):
@@ -364,11 +364,19 @@ evidence.claim("pairs, 2: Batch Renorm beats BatchNorm by more than 20 points",
                test["BRN"]["pairs, 2"], ">", test["BN"]["pairs, 2"], margin=20)
 evidence.claim("iid, 2: Batch Renorm stays over 8 points below BatchNorm at iid, 32",
                test["BRN"]["iid, 2"], "<", test["BN"]["iid, 32"], margin=8)
-evidence.claim("GroupNorm: pairs, 2 within 5 points of iid batches",
-               test["GN"]["pairs, 2"], "≈", test["GN"]["iid, 2"], margin=5)
 for setting in ("iid, 2", "pairs, 2"):
     evidence.claim(f"{setting}: GroupNorm beats Batch Renorm by more than 3 points",
                    test["GN"][setting], ">", test["BRN"][setting], margin=3)
+
+# %% [markdown]
+# GroupNorm's forward never looks across the batch, but its training does: with same-class pairs each
+# step's gradient comes from two classes only. Whether that costs it accuracy, these seeds cannot tell;
+# the 90% interval of the change, seed by seed (pairs, 2 minus iid, in points):
+
+# %% tags=["nbval-ignore-output"]
+gn_change = evidence.difference(test["GN"]["pairs, 2"], test["GN"]["iid, 2"], paired=True)
+low, high = gn_change.interval(0.90)
+print(f"GroupNorm, pairs of 2 minus iid batches: [{low:+.1f}, {high:+.1f}] points")
 
 # %% [markdown]
 # ## Why Batch Renorm stops short
