@@ -1,6 +1,7 @@
 """normlib.lab.timing and normlib.lab.bench: the byte model, the timer, and the suite's JSON (on one tiny case)."""
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def test_suite_writes_every_figure_with_its_provenance(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "copy_bandwidth", lambda device, nbytes=0: 10.0)
     monkeypatch.setattr(bench_suite, "copy_bandwidth", lambda device: 10.0)
     monkeypatch.setattr(bench_suite, "hold_freed_memory", lambda: True)  # not in the test process
+    # other test modules turn Triton's interpreter on for the whole session, which adds normlib-triton
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     out = tmp_path / "bench.json"
     report = bench_suite.run(quick=True, device="cpu", out=str(out), progress=False)
     assert json.loads(out.read_text()) == report
@@ -71,8 +74,9 @@ def test_compare_times_each_function_in_every_round():
 def test_cli_runs_both_allocators_in_their_own_processes(tmp_path):
     """The command a user runs: one file with each case under both allocator settings."""
     out = tmp_path / "both.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # no interpreted Triton cases
     subprocess.run([sys.executable, "-m", "normlib.lab.bench", "--quick", "--ops", "rms_norm", "--threads", "1",
-                    "--repeats", "2", "--out", str(out)], check=True, capture_output=True)
+                    "--repeats", "2", "--out", str(out)], check=True, capture_output=True, env=env)
     report = json.loads(out.read_text())
     assert set(report["allocators"]) == {"default", "held"} and report["repeats"] == 2
     for r in report["results"]:
