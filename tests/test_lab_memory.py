@@ -1,5 +1,6 @@
 """normlib.lab.memory: page faults counted per call, and the cache-reuse timing of the speed lesson."""
 
+import mmap
 import platform
 from pathlib import Path
 
@@ -19,9 +20,10 @@ def test_faults_per_call_counts_the_pages_a_call_touches_first():
     pages = 256
     buffers = []
 
-    def touch_fresh_memory():  # a new buffer each call, every page written
-        buffers.append(bytearray(pages * memory.PAGE_SIZE))
-        buffers[-1][::memory.PAGE_SIZE] = b"\x01" * pages
+    def touch_fresh_memory():  # a new mapping each call (never heap memory an earlier test freed), every page written
+        buffers.append(mmap.mmap(-1, pages * memory.PAGE_SIZE))
+        for offset in range(0, pages * memory.PAGE_SIZE, memory.PAGE_SIZE):
+            buffers[-1][offset] = 1
 
     assert memory.faults_per_call(touch_fresh_memory, calls=3, warmup=0) >= pages / 2
     assert memory.faults_per_call(lambda: None, calls=3) < pages / 2
