@@ -9,8 +9,9 @@ Under autocast they follow torch's policy: on CUDA, LayerNorm, GroupNorm and (wh
 RMSNorm run in float32 and return float32; on the CPU, and for the other modules, the input's dtype is kept.
 ``tests/test_conformance.py`` checks this case by case against the installed torch.
 
-Each module is also an instance of its ``torch.nn`` namesake (``class BatchNorm2d(torch.nn.BatchNorm2d)``, with
-normlib's constructor and forward) and of torch's shared bases (``_BatchNorm``, ``_InstanceNorm``, ``_NormBase``,
+Each module but SyncBatchNorm (see below) is also an instance of its ``torch.nn`` namesake
+(``class BatchNorm2d(torch.nn.BatchNorm2d)``, with normlib's constructor and forward), and each is an instance of
+torch's shared bases (``_BatchNorm``, ``_InstanceNorm``, ``_NormBase``,
 ``_DropoutNd``), so code written for torch.nn finds it: freezing BatchNorms by type, weight-decay groups by type,
 converters. :func:`from_torch` swaps every norm and dropout of a torch model for normlib's (sharing parameters and
 buffers), :func:`to_torch` swaps them back. ``torch.fx`` records each module as one ``call_module`` node, as it does
@@ -38,7 +39,9 @@ This is the one list of the places where normlib knowingly behaves otherwise.
   some of those mixes. RMSNorm accepts any mix, as torch does, but without torch's warning that it "cannot
   dispatch to fused implementation".
 - **SyncBatchNorm runs on CPUs** (gloo) as well as GPUs; torch's raises ``ValueError`` for CPU tensors in a
-  process group. While it synchronises, its second derivative raises (``once_differentiable``) instead of
+  process group. So that ``DistributedDataParallel`` accepts it in a CPU module, it is a torch BatchNorm
+  (``torch.nn.modules.batchnorm._BatchNorm``) but not a ``torch.nn.SyncBatchNorm``: DDP refuses every
+  ``torch.nn.SyncBatchNorm`` on the CPU, before any tensor is seen. While it synchronises, its second derivative raises (``once_differentiable``) instead of
   being computed; outside a process group it is BatchNorm, twice differentiable.
 - **Dropout modules also take a** ``generator`` **keyword**, to draw their masks from a ``torch.Generator``.
   With the same global seed the masks equal torch's, except under the ``triton`` backend, whose kernel draws

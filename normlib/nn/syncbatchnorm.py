@@ -92,7 +92,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
         return dx.to(ctx.dtype), dw, db, None, None, None, None, None
 
 
-class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     r"""BatchNorm over the global batch of a data-parallel job; a drop-in for ``torch.nn.SyncBatchNorm``.
 
     :math:`y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta` with :math:`\mu, \sigma^2` the moments of
@@ -100,8 +100,11 @@ class SyncBatchNorm(_BatchNorm, nn.SyncBatchNorm):
     >= 2. Works on CPUs with gloo as well as on GPUs with NCCL. Weight and bias gradients stay local: the
     data-parallel wrapper averages them like every other parameter's. As in torch, it synchronises only in
     training with batch statistics; in evaluation (running statistics, or batch statistics of the local
-    batch when ``track_running_stats=False``) each rank works alone. It is a ``torch.nn.SyncBatchNorm`` and a
-    BatchNorm (``isinstance``), so :func:`normlib.fold_batchnorm` folds it.
+    batch when ``track_running_stats=False``) each rank works alone. It is a torch BatchNorm (``isinstance`` of
+    ``torch.nn.modules.batchnorm._BatchNorm``), so :func:`normlib.fold_batchnorm` and code that selects
+    BatchNorms by type find it. It is deliberately not a ``torch.nn.SyncBatchNorm``: ``DistributedDataParallel``
+    refuses any ``torch.nn.SyncBatchNorm`` in a CPU module ("SyncBatchNorm layers only work with GPU modules"),
+    which would take away the CPU support.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
