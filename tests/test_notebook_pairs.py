@@ -31,3 +31,31 @@ def test_notebook_was_executed_in_order(py):
     nb = jupytext.read(py.with_suffix(".ipynb"))
     counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1)), "stored outputs must come from one top-to-bottom run"
+
+
+# The book's code boxes hold 89 characters of monospace text at the desktop width (1280 px); a longer line
+# makes the box scroll sideways, which tests/test_site.py's browser check reports for visible cells. This
+# is the same rule, checked in a second for every code cell (hidden ones are one click away) and every text
+# output, so a long line is found before the book is built.
+CODE_BOX_CHARS = 89
+
+
+@pytest.mark.parametrize("py", PY, ids=lambda p: p.stem)
+def test_code_and_text_output_lines_fit_the_code_box(py):
+    nb = jupytext.read(py.with_suffix(".ipynb"))
+    long = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        texts = [("code", cell.source)]
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "text/html" in data or "image/png" in data:
+                continue
+            texts.append(("output", out.get("text") or data.get("text/plain") or ""))
+        for kind, text in texts:
+            text = "".join(text) if isinstance(text, list) else text
+            long += [f"cell {i} {kind}, {len(line)} characters: {line[:70]!r}"
+                     for line in text.splitlines() if len(line) > CODE_BOX_CHARS]
+    assert not long, (f"{py.stem}: lines longer than {CODE_BOX_CHARS} characters scroll sideways on the "
+                      "site:\n" + "\n".join(long))
