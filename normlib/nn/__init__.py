@@ -41,8 +41,9 @@ This is the one list of the places where normlib knowingly behaves otherwise.
 - **SyncBatchNorm runs on CPUs** (gloo) as well as GPUs; torch's raises ``ValueError`` for CPU tensors in a
   process group. So that ``DistributedDataParallel`` accepts it in a CPU module, it is a torch BatchNorm
   (``torch.nn.modules.batchnorm._BatchNorm``) but not a ``torch.nn.SyncBatchNorm``: DDP refuses every
-  ``torch.nn.SyncBatchNorm`` on the CPU, before any tensor is seen. While it synchronises, its second derivative raises (``once_differentiable``) instead of
-  being computed; outside a process group it is BatchNorm, twice differentiable.
+  ``torch.nn.SyncBatchNorm`` on the CPU, before any tensor is seen. While it synchronises, its second
+  derivative raises (``once_differentiable``) instead of being computed;
+  outside a process group it is BatchNorm, twice differentiable.
 - **Dropout modules also take a** ``generator`` **keyword**, to draw their masks from a ``torch.Generator``.
   With the same global seed the masks equal torch's, except under the ``triton`` backend, whose kernel draws
   its mask from a seed (Philox), so the masks differ while their law is the same.
