@@ -166,6 +166,7 @@ print("statistics per sample: LayerNorm2d", y2d[0, 0].numel(), "(one per positio
       "GroupNorm(1, 6): 1")
 print("LayerNorm2d = GroupNorm(1, C)?", torch.allclose(y2d, gn1(xt), atol=1e-3))
 
+# %% [markdown]
 # ## What each norm learns
 #
 # The number of learned parameters for a layer with $C = 64$ channels on $32 \times 32$ feature

@@ -537,6 +537,7 @@ else:
     ax.legend()
 fig.tight_layout()
 
+# %% [markdown]
 # ## Exercises
 #
 # 1. Remove the final norm of the pre-LN model (`final_norm=False`) and train it at lr 0.01 and
