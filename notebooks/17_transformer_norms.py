@@ -432,8 +432,9 @@ evidence.claim("RMSNorm learns the task too: above 80%", rms_acc, ">", 0.8, unit
 
 # %% tags=["nbval-ignore-output"]
 d = evidence.difference(rms_acc, ln_acc, paired=True)
-print(f"test accuracy (%): LayerNorm {ln_acc.scaled(100):.1f}, "
-      f"RMSNorm {rms_acc.scaled(100):.1f}; RMSNorm - LayerNorm per seed {100 * d.value:+.1f}, "
+print(f"test accuracy (%): LayerNorm {ln_acc.scaled(100):.1f}")
+print(f"                   RMSNorm   {rms_acc.scaled(100):.1f}")
+print(f"RMSNorm - LayerNorm per seed {100 * d.value:+.1f}, "
       f"90% interval [{100 * d.interval()[0]:+.1f}, {100 * d.interval()[1]:+.1f}]")
 
 # %% [markdown]
