@@ -388,8 +388,9 @@ evidence.claim("with the default init and raw pixels, the plain network is more 
                "points behind BatchNorm after 1 epoch at lr 0.01",
                handicap.estimate("acc_1"), "<", acc("acc_1", "BatchNorm", 0.01),
                margin=0.50, unit=100)
-evidence.claim("with a fair start, BatchNorm leads by less than 10 points after 1 epoch at "
-               "lr 0.01", acc("acc_1", "BatchNorm", 0.01), "<", acc("acc_1", "no norm", 0.01),
+evidence.claim("with a fair start, BatchNorm leads by less than 10 points after 1 epoch "
+               "at lr 0.01",
+               acc("acc_1", "BatchNorm", 0.01), "<", acc("acc_1", "no norm", 0.01),
                margin=-0.10, unit=100)
 evidence.claim(f"after {EPOCHS} epochs at lr 0.01, BatchNorm ends above no norm",
                acc("acc", "BatchNorm", 0.01), ">", acc("acc", "no norm", 0.01), unit=100)
@@ -401,7 +402,8 @@ evidence.claim("at lr 0.3, no norm ends within 5 points of chance (10%)",
 evidence.claim("at lr 0.3, BatchNorm ends more than 30 points above no norm",
                acc("acc", "BatchNorm", 0.3), ">", acc("acc", "no norm", 0.3),
                margin=0.30, unit=100)
-evidence.claim(f"BatchNorm after {EPOCHS} epochs at lr 0.1 is within 3 points of lr 0.01",
+evidence.claim(f"BatchNorm after {EPOCHS} epochs at lr 0.1 is within 3 points of "
+               "lr 0.01",
                acc("acc", "BatchNorm", 0.1), "≈", acc("acc", "BatchNorm", 0.01),
                margin=0.03, unit=100)
 evidence.claim("BatchNorm after 1 epoch is lower at lr 0.1 than at lr 0.01",

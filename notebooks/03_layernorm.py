@@ -410,7 +410,8 @@ class RecurrentLN(NormRNN):
     """h_t = tanh(W x_t + LN(U h_{t-1})): the LayerNorm on the recurrent term only."""
 
     def __init__(self, hidden=32):
-        super().__init__(hidden, norm="layer")  # inp (with bias), rec, one LayerNorm, out
+        # inp (with bias), rec, one LayerNorm, out
+        super().__init__(hidden, norm="layer")
 
     def forward(self, x):
         h = x.new_zeros(x.shape[0], self.hidden)
@@ -431,7 +432,8 @@ def initial(make, seed=0):
 
 ours, theirs = initial(RecurrentLN), initial(lambda: NormRNN(32, norm="layer"))
 print("for a given seed, the same initial weights as the LayerNorm network:",
-      ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours))
+      ours.keys() == theirs.keys()
+      and all(torch.equal(ours[k], theirs[k]) for k in ours))
 
 
 def train_variant(seed, norm="recurrent"):
@@ -462,7 +464,8 @@ for lengths in LENGTHS:
     pair = acc("recurrent", lengths, variant_runs), acc("layer", lengths)
     d = evidence.difference(*pair, paired=True)
     low, high = d.interval(0.90)
-    per = ", ".join(f"{100 * (a - b):+.0f}" for a, b in zip(pair[0].values, pair[1].values, strict=True))
+    per = ", ".join(f"{100 * (a - b):+.0f}"
+                    for a, b in zip(pair[0].values, pair[1].values, strict=True))
     print(f"{lengths:>7} steps: seeds {per:<22} mean {100 * d.value:+5.1f}, "
           f"90% interval [{100 * low:+.1f}, {100 * high:+.1f}]")
 

@@ -138,7 +138,8 @@ print(lab.cmp("BatchNorm's running_var = variance over the batch", batch.running
               photos.transpose(0, 1).reshape(3, -1).var(1), atol=1e-6))
 print(lab.cmp("both running means = mean of the image means", track.running_mean,
               batch.running_mean, atol=1e-6))
-# Biased moments: total variance = mean within-image variance + variance of the image means.
+# Biased moments: total variance = mean within-image variance + variance of the
+# image means.
 total = photos.transpose(0, 1).reshape(3, -1).var(1, unbiased=False)
 between = photos.mean((2, 3)).var(0, unbiased=False)
 print(lab.cmp("total = within + between", total,
@@ -363,10 +364,12 @@ for name, left, right in (("InstanceNorm minus no norm", est("acc", "InstanceNor
                            est("acc", "no norm")),
                           ("BatchNorm minus no norm", est("acc", "BatchNorm"),
                            est("acc", "no norm")),
-                          ("no norm: loss at half contrast", est("drop", "no norm"), 0.0)):
+                          ("no norm: loss at half contrast", est("drop", "no norm"),
+                           0.0)):
     d = evidence.difference(left, right)
     low, high = d.interval(0.90)
-    rows.append([name, f"{100 * d.value:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
+    rows.append([name, f"{100 * d.value:+.1f}",
+                 f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
 print(evidence.table(["accuracy (points)", "mean", "90% interval"], rows))
 
 # %% [markdown]

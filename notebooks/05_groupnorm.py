@@ -161,11 +161,13 @@ y2d = ln2d(xt)
 by_position = torch.nn.functional.layer_norm(xt.permute(0, 2, 3, 1), (6,), eps=1e-6)
 print(lab.cmp("LayerNorm2d vs torch LayerNorm(C) on (N, H, W, C)", y2d,
               by_position.permute(0, 3, 1, 2), atol=1e-5))
-print(lab.cmp("mean over C at each position", y2d.mean(1), torch.zeros(4, 5, 5), atol=1e-5))
+print(lab.cmp("mean over C at each position", y2d.mean(1), torch.zeros(4, 5, 5),
+              atol=1e-5))
 print("statistics per sample: LayerNorm2d", y2d[0, 0].numel(), "(one per position),",
       "GroupNorm(1, 6): 1")
 print("LayerNorm2d = GroupNorm(1, C)?", torch.allclose(y2d, gn1(xt), atol=1e-3))
 
+# %% [markdown]
 # ## What each norm learns
 #
 # The number of learned parameters for a layer with $C = 64$ channels on $32 \times 32$ feature
@@ -272,7 +274,8 @@ def layer_weights(model):
 
 
 for norm in NORMS:
-    print(lab.cmp(f"initial weights, {norm} vs BatchNorm", layer_weights(make_net(0, norm)),
+    print(lab.cmp(f"initial weights, {norm} vs BatchNorm",
+                  layer_weights(make_net(0, norm)),
                   layer_weights(make_net(0, "BatchNorm"))))
 
 
@@ -297,8 +300,10 @@ for n in NORMS:
     d = evidence.difference(acc[n], acc["BatchNorm"], paired=True)
     low, high = d.interval(0.90)
     rows.append([n, f"{acc[n].scaled(100):.1f}",
-                 "" if n == "BatchNorm" else f"{100 * d.value:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"])
-print(evidence.table(["norm", "test accuracy (%)", "minus BatchNorm (90% interval)"], rows))
+                 "" if n == "BatchNorm"
+                 else f"{100 * d.value:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"])
+print(evidence.table(["norm", "test accuracy (%)", "minus BatchNorm (90% interval)"],
+                     rows))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Test accuracy of the 16-32 channel CNN on Fashion-MNIST with GroupNorm from one channel per group (InstanceNorm) to all channels in one group, LayerNorm2d over the channels at each position, and BatchNorm at batch 32 as a band (mean ± s.e. over the seeds). The settings are categories, not points on a scale, so no line joins them.", "name": "fig-05-groups-accuracy"}, "image": {"alt": "Plot of test accuracy for six settings: GroupNorm with 1, 4, 8 and all channels per group, LayerNorm2d, each a point with an error bar, and a shaded horizontal band for BatchNorm."}}
 bn = acc["BatchNorm"].scaled(100)

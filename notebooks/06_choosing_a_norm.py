@@ -357,7 +357,8 @@ checked = {}  # key: the statement of a claim that held
 
 
 def check(key, statement, left, op, right, margin, paired=False):
-    """A claim (margins in fractions, shown in points); remember its statement for the table."""
+    """A claim (margins in fractions, shown in points); remember its statement for the
+    table."""
     evidence.claim(statement, left, op, right, margin=margin, paired=paired, unit=100)
     checked[key] = statement
 
@@ -368,7 +369,8 @@ check("cliff", "BN on all layers: 2 samples per statistic cost more than 15 poin
 check("fc", "at 2 samples, BN on all layers errs over 15 points more than conv-only BN",
       bn_2, ">", err(conv_only, m=2), 0.15)
 for norm in ("GN", "LN", "none"):
-    check(f"beats-{norm}", f"{NAMES[norm]} errs over 10 points less than BN at 2 samples",
+    check(f"beats-{norm}",
+          f"{NAMES[norm]} errs over 10 points less than BN at 2 samples",
           err(references, norm=norm), "<", bn_2, 0.10)
 
 # %% [markdown]
@@ -379,14 +381,17 @@ for norm in ("GN", "LN", "none"):
 
 # %% tags=["nbval-ignore-output"]
 SMALL = [("BN all layers, m=8 minus m=32", err(bn_runs, m=8), bn_32, True),
-         ("BN conv only, m=2 minus m=32", err(conv_only, m=2), err(conv_only, m=32), True),
-         *[(f"BN at m={m} minus {NAMES[n]}", err(bn_runs, m=m), err(references, norm=n), True)
+         ("BN conv only, m=2 minus m=32", err(conv_only, m=2), err(conv_only, m=32),
+          True),
+         *[(f"BN at m={m} minus {NAMES[n]}", err(bn_runs, m=m), err(references, norm=n),
+            True)
            for m in (8, 32) for n in ("GN", "LN")]]
 rows = []
 for name, left, right, paired in SMALL:
     d = evidence.difference(left, right, paired=paired)
     low, high = d.interval(0.90)
-    rows.append([name, f"{100 * d.value:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
+    rows.append([name, f"{100 * d.value:+.1f}",
+                 f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
 print(evidence.table(["test error difference (points)", "mean", "90% interval"], rows))
 
 # %% [markdown]
@@ -410,7 +415,8 @@ print(evidence.table(["test error difference (points)", "mean", "90% interval"],
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "The error LeNet loses with few samples per BatchNorm statistic (its test error minus the same network's at 32 samples, per seed; mean ± s.e. over 3 seeds), against the values that its fewest-valued BatchNorm statistic sees. Points joined by a line were all run; the lone marker is a single setting.", "name": "fig-06-values"}, "image": {"alt": "Plot on a logarithmic horizontal axis from 2 to about 400 values per statistic. The point at 2 values, from LeNet's fully connected layer, lies far above zero; the points at 8 values (the same layer at 8 samples) and at 392 values (BatchNorm on the convolutions only, 2 samples) are shown with their error bars."}}
 def extra_error(runs, m, **where):
-    """Per-seed test error at m minus at 32, as an Estimate (same seeds, same initial weights)."""
+    """Per-seed test error at m minus at 32, as an Estimate (same seeds, same initial
+    weights)."""
     a, b = err(runs, m=m, **where), err(runs, m=32, **where)
     return evidence.estimate([x - y for x, y in zip(a.values, b.values, strict=True)])
 
@@ -423,8 +429,8 @@ SERIES = [("LeNet, BN on all layers (fc: m values)", "C0", "o-",
 fig, ax = plt.subplots(figsize=(6.4, 4))
 for label, colour, style, points in SERIES:
     ax.errorbar([x for x, _ in points], [100 * e.mean for _, e in points],
-                yerr=[100 * e.sem for _, e in points], fmt=style, color=colour, capsize=3,
-                label=label)
+                yerr=[100 * e.sem for _, e in points], fmt=style, color=colour,
+                capsize=3, label=label)
 ax.axhline(0, color="0.5", lw=1)
 ax.set_xscale("log", base=2)
 ax.set(xlabel="values per statistic (fewest in the network), m = 2 unless on the line",
@@ -463,9 +469,11 @@ fig.tight_layout()
 
 # %%
 check("trained", "at 2 samples, the training error is over 15 points above that at 32",
-      err(bn_runs, "train_err", m=2), ">", err(bn_runs, "train_err", m=32), 0.15, paired=True)
+      err(bn_runs, "train_err", m=2), ">", err(bn_runs, "train_err", m=32), 0.15,
+      paired=True)
 check("recal-32", "recalibrated, BN at 2 still errs over 15 points more than BN at 32",
-      err(bn_runs, "recal_err", m=2), ">", err(bn_runs, "recal_err", m=32), 0.15, paired=True)
+      err(bn_runs, "recal_err", m=2), ">", err(bn_runs, "recal_err", m=32), 0.15,
+      paired=True)
 
 # %% [markdown]
 # How the three evaluations at $m = 2$ differ from each other (seed by seed, the same networks,
@@ -477,7 +485,8 @@ for name, metric in (("batch statistics minus running", "batch_err"),
                      ("recalibrated minus running", "recal_err")):
     d = evidence.difference(err(bn_runs, metric, m=2), bn_2, paired=True)
     low, high = d.interval(0.90)
-    rows.append([name, f"{100 * d.value:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
+    rows.append([name, f"{100 * d.value:+.1f}",
+                 f"[{100 * low:+.1f}, {100 * high:+.1f}]"])
 print(evidence.table(["test error at m=2 (points)", "mean", "90% interval"], rows))
 
 # %% [markdown]
@@ -509,21 +518,22 @@ def evidence_row(*keys):
 
 ROWS = [
     ("CNN, 8 or more samples per BatchNorm statistic",
-     "no claim here (the differences table above); the paper: BatchNorm, by half a point",
+     "no claim here (the differences table above); the paper: BatchNorm, by half a "
+     "point",
      "shown, not claimed: BN against GN and LN at m = 8 and 32",
      "32 images per GPU: BN 23.6%, GN 24.1% top-1 error"),
-    ("BatchNorm statistics over 2 values: 2 samples per statistic after a fully connected "
-     "layer",
+    ("BatchNorm statistics over 2 values: 2 samples per statistic after a fully "
+     "connected layer",
      "GroupNorm or LayerNorm (not BatchNorm)",
      evidence_row("cliff", "fc", "beats-GN", "beats-LN", "beats-none", "recal-32"),
      "2 images per GPU: BN 34.7%, GN 24.1% top-1 error"),
     ("2 samples per statistic, BatchNorm on convolutions whose maps give it hundreds of "
      "values per statistic",
-     "not decided here: the loss is far smaller than at 2 values, and not shown to be zero; the "
-     "paper's evidence favours GroupNorm",
+     "not decided here: the loss is far smaller than at 2 values, and not shown to be "
+     "zero; the paper's evidence favours GroupNorm",
      evidence_row("fc"),
-     "BN (on convolutions only, last maps 7x7) degrades below about 8 images per GPU; GN stays "
-     "flat"),
+     "BN (on convolutions only, last maps 7x7) degrades below about 8 images per GPU; "
+     "GN stays flat"),
     ("sequences, Transformers", "LayerNorm or RMSNorm",
      "cited, not measured here: see the LayerNorm and RMSNorm lessons", "not tested"),
     ("style transfer, image generation", "InstanceNorm",

@@ -359,7 +359,8 @@ evidence.claim("g=2: SN beats BN by over 10 points", test_acc(2), ">", bn_acc[2]
 # %% tags=["nbval-ignore-output"]
 rate = evidence.difference(test_acc(2, 1), test_acc(2, 10), paired=True)
 low, high = rate.interval(0.90)
-print(f"g=2, 1x minus 10x: {rate.value:.1f} points, 90% interval [{low:.1f}, {high:.1f}]")
+print(f"g=2, 1x minus 10x: {rate.value:.1f} points, "
+      f"90% interval [{low:.1f}, {high:.1f}]")
 
 # %%
 assert low < 0 < high, "the interval now excludes 0: the text must change"

@@ -234,7 +234,8 @@ for i, (norm, name) in enumerate(NAMES.items()):
         ax.errorbar(steps, curves.mean(0), yerr=sem, color=f"C{i}", capsize=2,
                     label=name)
 axes[1].axhline(1 / 32, color="0.5", lw=0.8, ls=":")
-axes[0].set(xlabel="training step", ylabel=f"training loss (mean ± s.e., {len(T_SEEDS)} seeds)")
+axes[0].set(xlabel="training step",
+            ylabel=f"training loss (mean ± s.e., {len(T_SEEDS)} seeds)")
 axes[1].set(xlabel="training step", ylabel="mean² / mean square at the norms",
             ylim=(0, None))
 axes[0].legend()
@@ -385,7 +386,8 @@ if torch.__version__.startswith("2.13"):
     evidence.claim("RMSNorm: it runs _fused_rms_norm once and mul ten times",
                    abs(calls.get("aten::_fused_rms_norm", 0) - 1)
                    + abs(calls.get("aten::mul", 0) - 10), "<", 0.5)
-    evidence.claim("RMSNorm: over 15 calls to operators that take 1% of its time or more",
+    evidence.claim("RMSNorm: over 15 calls to operators that take 1% of its time or "
+                   "more",
                    sum(op.calls for op in rms if op.self_ms >= 0.01 * total_ms(rms)),
                    ">", 15)
     evidence.claim("RMSNorm: its multiplications alone take longer than LayerNorm's two "

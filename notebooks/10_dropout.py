@@ -362,10 +362,12 @@ runs = evidence.sweep(train_mlp, {"p": P_VALUES}, seeds=SEEDS, desc="MLP")
 # %% tags=["nbval-ignore-output"]
 columns = {"train loss": ("train_loss", 1, ".3f"), "test loss": ("test_loss", 1, ".2f"),
            "best test loss": ("best_test_loss", 1, ".2f"),
-           "at epoch": ("best_epoch", 1, ".0f"), "test acc (%)": ("test_acc", 100, ".1f")}
+           "at epoch": ("best_epoch", 1, ".0f"),
+           "test acc (%)": ("test_acc", 100, ".1f")}
 rows = [[p] + [f"{runs.estimate(key, p=p).scaled(scale):{fmt}}"
                for key, scale, fmt in columns.values()] for p in P_VALUES]
-print(f"after {EPOCHS} epochs, mean ± s.e. over {len(SEEDS)} seeds (train loss: eval mode)")
+print(f"after {EPOCHS} epochs, mean ± s.e. over {len(SEEDS)} seeds "
+      "(train loss: eval mode)")
 print(evidence.table(["p", *columns], rows))
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "An MLP on 1,000 Fashion-MNIST images with dropout p after each hidden layer. Left: training loss (dashed, measured in evaluation mode at the end of each epoch) and test loss (solid) per epoch, mean and ± s.e. band over 5 seeds. Right: final test accuracy (mean ± s.e.), on an axis 10 points tall so that the seeds' noise does not look like a trend.", "name": "fig-10-overfit"}, "image": {"alt": "Left: loss curves on a log scale; without dropout the training loss falls towards zero and the test loss rises after an early minimum; with dropout the training loss stays higher and the test loss ends lower, while the minima of the test loss are at about the same height. Right: final test accuracy against p, flat within the error bars."}}

@@ -79,8 +79,9 @@ names = {"x": "$x$", "mu": "$\\mu$", "x_mu": "$x_\\mu$", "s": "$s$",
          "y": "$y$", "gb": "$\\gamma, \\beta$"}
 paths = {"direct": ("tab:blue", [("x", "x_mu")]),
          "through the mean": ("tab:orange", [("x", "mu"), ("mu", "x_mu")]),
-         "through the variance": ("tab:green", [("x_mu", "s"), ("s", "var"), ("var", "std"),
-                                                ("std", "rho"), ("rho", "x_hat")]),
+         "through the variance": ("tab:green", [("x_mu", "s"), ("s", "var"),
+                                                ("var", "std"), ("std", "rho"),
+                                                ("rho", "x_hat")]),
          "shared": ("0.3", [("x_mu", "x_hat"), ("x_hat", "y"), ("gb", "y")])}
 fig, ax = plt.subplots(figsize=(7, 2.8))
 for key, (px, py) in nodes.items():
@@ -95,7 +96,8 @@ for label, (color, edges) in paths.items():
             ax.plot([], [], color=color, lw=1.6, label=label)
 ax.set(xlim=(-0.6, 10.8), ylim=(-1.8, 1.7))
 ax.axis("off")
-ax.legend(loc="upper left", fontsize=9, frameon=False, ncol=2, bbox_to_anchor=(0.0, 1.12))
+ax.legend(loc="upper left", fontsize=9, frameon=False, ncol=2,
+          bbox_to_anchor=(0.0, 1.12))
 fig.tight_layout()
 
 # %% [markdown]

@@ -190,7 +190,8 @@ change = evidence.Runs([{**r, "change": r["value"] - with_all[r["seed"]]}
 fig, ax = plt.subplots(figsize=(6, 3.4))
 change.plot("change", x="k", scale=100, ax=ax)
 ax.containers[0].set_label("recalibrated on k images")
-running = evidence.Runs([{"seed": r["seed"], "change": r["running_acc"] - with_all[r["seed"]]}
+running = evidence.Runs([{"seed": r["seed"],
+                          "change": r["running_acc"] - with_all[r["seed"]]}
                          for r in stats.records]).estimate("change")
 ax.axhline(100 * running.mean, color="0.4", linestyle="--",
            label="running averages (momentum 0.5)")

@@ -190,15 +190,17 @@ print(evidence.table(["channels", "ranks", "all-gather", "all-reduce"], rows))
 from normlib.lab.ddp import step_times
 
 timed = step_times(world_size=2, per_rank_batch=16, steps=200)
-sync_s, local_s = (timed["step_s"][v] for v in ("SyncBatchNorm", "per-process BatchNorm"))
+sync_s, local_s = (timed["step_s"][v]
+                   for v in ("SyncBatchNorm", "per-process BatchNorm"))
 # the two variants alternate, so step i of one and step i of the other ran back to back
 paired = [a - b for a, b in zip(sync_s, local_s, strict=True)]
 gather = statistics.median(timed["all_gather_s"])
 collectives = 2 * timed["sync_layers"]
 for variant, seconds in timed["step_s"].items():
     print(f"{variant:<22} median step {1e3 * statistics.median(seconds):6.2f} ms")
-print(f"sync minus per-process, pair by pair: median {1e3 * statistics.median(paired):+.2f}"
-      f" ms; sync slower in {sum(d > 0 for d in paired) / len(paired):.0%} of pairs")
+print("sync minus per-process, pair by pair: median "
+      f"{1e3 * statistics.median(paired):+.2f} ms; sync slower in "
+      f"{sum(d > 0 for d in paired) / len(paired):.0%} of pairs")
 print(f"one all-gather of 33 numbers alone: {1e6 * gather:.0f} µs median; times"
       f" {collectives} collectives: {1e3 * collectives * gather:.2f} ms")
 

@@ -125,7 +125,8 @@ for setting, counts in fault_counts.items():
 
 # %%
 if None in fault_counts.values() or not timing.hold_freed_memory():
-    print("page faults cannot be counted or freed memory held here (not Linux with glibc)")
+    print("page faults cannot be counted or freed memory held here "
+          "(not Linux with glibc)")
 else:
     evidence.claim("default allocator: every call after the first faults in fresh pages",
                    min(fault_counts["default"][1:]), ">", 0)
@@ -135,11 +136,12 @@ else:
                    "<", 0.25)
     if memory.one_page_per_fault():
         tensor_pages = rows * width * 4 // memory.PAGE_SIZE
-        evidence.claim("default allocator: each call faults in over 1.9 tensors' worth of "
-                       "4 KiB pages (y and dx)",
+        evidence.claim("default allocator: each call faults in over 1.9 tensors' "
+                       "worth of 4 KiB pages (y and dx)",
                        min(fault_counts["default"][1:]) / tensor_pages, ">", 1.9)
     else:
-        print("a fault may map more than 4 KiB here, so pages are not counted per tensor")
+        print("a fault may map more than 4 KiB here, so pages are not counted per "
+              "tensor")
 
 # %% [markdown]
 # A live measurement of one case: LayerNorm forward and backward on `(2048, 4096)` float32 (32 MiB per
@@ -517,7 +519,8 @@ fig.tight_layout()
 
 # %%
 norm_rows = [r for r in cpu["results"] if r["op"] != "dropout"]
-evidence.claim("every recorded case over 100% of copy has tensors of at most 32 MiB (the L3)",
+evidence.claim("every recorded case over 100% of copy has tensors of at most 32 MiB "
+               "(the L3)",
                max(r["fraction_of_copy"] for r in norm_rows if tensor_mib(r) > L3_MIB),
                "<", 1.0)
 ln_forward = {tensor_mib(r): r["fraction_of_copy"] for r in norm_rows

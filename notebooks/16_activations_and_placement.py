@@ -201,7 +201,8 @@ print(
 # %%
 fc_in = {"with both poolings": 16 * 7 * 7, "without them": 16 * 28 * 28}
 for label, n_in in fc_in.items():
-    print(f"first fully connected layer, {label:<19} {nn.Linear(n_in, 120).weight.numel():>9,}")
+    print(f"first fully connected layer, {label:<19} "
+          f"{nn.Linear(n_in, 120).weight.numel():>9,}")
 
 # %% [markdown]
 # The other two are not tested in this lesson: whether fewer parameters means less overfitting
@@ -325,7 +326,8 @@ for act, norm, scale in CASES:
     )
 print(
     evidence.table(
-        ["network", "sat% init", "sat% end", "signal last/1st", "grad 1st/last", "test %"],
+        ["network", "sat% init", "sat% end", "signal last/1st", "grad 1st/last",
+         "test %"],
         rows,
     )
 )
@@ -395,16 +397,19 @@ evidence.claim(
     0.01,
 )
 evidence.claim(
-    "its forward signal shrinks: the last hidden layer's spread is under 1/100 of the first's",
+    "its forward signal shrinks: the last hidden layer's spread is under 1/100 of "
+    "the first's",
     sat("spread_ratio", norm="none", scale=1.0),
     "<",
     0.01,
 )
-# With BN the pre-activations are the BN's outputs: in training mode each unit has spread 1 over
-# the batch (gamma = 1 at initialisation), in every layer, by construction.
+# With BN the pre-activations are the BN's outputs: in training mode each unit has
+# spread 1 over the batch (gamma = 1 at initialisation), in every layer, by construction.
 for r in saturation.select(norm="BN").records:
-    assert np.allclose(r["spread"], 1.0, atol=1e-3), "BN's output has unit spread by construction"
-print("with BN, every layer's spread is 1 (BatchNorm's output in training mode, gamma = 1)")
+    assert np.allclose(r["spread"], 1.0, atol=1e-3), (
+        "BN's output has unit spread by construction")
+print("with BN, every layer's spread is 1 "
+      "(BatchNorm's output in training mode, gamma = 1)")
 evidence.claim(
     "and the first layer's gradient is under 1/100 of the last hidden layer's",
     sat("grad_ratio", norm="none", scale=1.0),
@@ -545,10 +550,13 @@ def second_conv_input(model, x):
 
 @torch.no_grad()
 def bn_input_shape(model):
-    """The first BN's input on the probe images (eval mode): zero share, mean skewness."""
+    """The first BN's input on the probe images (eval mode): zero share, mean
+    skewness."""
     was_training = model.training
     model.eval()
-    a = input_of(model, model.net[[isinstance(m, nn.BatchNorm2d) for m in model.net].index(True)],
+    a = input_of(model,
+                 model.net[[isinstance(m, nn.BatchNorm2d)
+                            for m in model.net].index(True)],
                  probe_images)
     model.train(was_training)
     per_channel = a.transpose(0, 1).flatten(1)
@@ -641,7 +649,8 @@ print(
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "LeNet on 2,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling. Left: test accuracy after 3 epochs at two learning rates. Right: skewness of what the first BatchNorm normalizes, averaged over its channels, at initialisation and after each epoch at learning rate 0.1 (mean ± s.e. over 3 seeds).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements at learning rates 0.02 and 0.1, with error bars. Right: the skewness of the first BatchNorm's input over 3 epochs for the three placements; with BatchNorm before the ReLU it is that of a convolution's output, near zero at initialisation; after the ReLU it is large and positive."}}
 fig, (left, right) = plt.subplots(1, 2, figsize=(7, 4))
 for k, p in enumerate(PLACEMENTS):
-    ests = [placed.estimate("test_acc", placement=p, lr=lr).scaled(100) for lr in PLACE_LRS]
+    ests = [placed.estimate("test_acc", placement=p, lr=lr).scaled(100)
+            for lr in PLACE_LRS]
     left.errorbar(np.arange(len(PLACE_LRS)) + 0.12 * (k - 1), [e.mean for e in ests],
                   yerr=[e.sem for e in ests], marker="o", capsize=3, ls="none",
                   color=f"C{k}", label=p)
@@ -816,7 +825,8 @@ with torch.no_grad():
     flipped.weight[2] = -flipped.weight[2]
     want = conv(F.max_pool2d(flipped(x), 2))
     got = fold_into_next(flipped, conv)(F.max_pool2d(x, 2))
-print(f"{'... one gamma < 0':<28} {'differs' if not torch.allclose(got, want) else 'AGREES'}")
+print(f"{'... one gamma < 0':<28} "
+      f"{'differs' if not torch.allclose(got, want) else 'AGREES'}")
 
 # %% [markdown]
 # And the "before" placement folds backwards with the library's `fold_batchnorm` (lesson 12):

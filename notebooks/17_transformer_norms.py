@@ -198,9 +198,11 @@ for placement in ("post", "pre"):
     for layers in DEPTHS:
         for seed in INIT_SEEDS:
             lab.seed_everything(seed)
-            model = TinyTransformer(16, 16, d_model=32, layers=layers, placement=placement)
+            model = TinyTransformer(16, 16, d_model=32, layers=layers,
+                                    placement=placement)
             xs, ys = sorting_batch(256, generator=torch.Generator().manual_seed(seed))
-            depth_records.append({"placement": f"{placement}-LN", "L": layers, "seed": seed,
+            depth_records.append({"placement": f"{placement}-LN", "L": layers,
+                                  "seed": seed,
                                   "last_grad": grad_norms(model, xs, ys)["mlp"][-1],
                                   "stream": residual_rms(model, xs)[-1]})
 depth = evidence.Runs(depth_records)
@@ -212,11 +214,13 @@ depth.plot("last_grad", x="L", series="placement", ax=ax_g)
 depth.plot("stream", x="L", series="placement", ax=ax_s)
 for ax, key, power in ((ax_g, "last_grad", -0.5), (ax_s, "stream", 0.5)):
     start = depth.estimate(key, placement="pre-LN", L=DEPTHS[0]).mean
-    ax.plot(DEPTHS, [start * (d / DEPTHS[0]) ** power for d in DEPTHS], ":", color="grey")
-    ax.set(xscale="log", yscale="log", xticks=DEPTHS, xticklabels=[str(d) for d in DEPTHS],
-           xlabel="layers L")
+    ax.plot(DEPTHS, [start * (d / DEPTHS[0]) ** power for d in DEPTHS], ":",
+            color="grey")
+    ax.set(xscale="log", yscale="log", xticks=DEPTHS,
+           xticklabels=[str(d) for d in DEPTHS], xlabel="layers L")
     ax.minorticks_off()
-ax_g.set_ylabel(f"last layer's MLP gradient norm\n(mean ± s.e., {len(INIT_SEEDS)} seeds)")
+ax_g.set_ylabel("last layer's MLP gradient norm\n"
+                f"(mean ± s.e., {len(INIT_SEEDS)} seeds)")
 ax_s.set_ylabel("stream RMS after the last block")
 ax_s.get_legend().remove()
 fig.tight_layout()
@@ -226,8 +230,8 @@ def at_depth(key, placement, layers):
     return depth.estimate(key, placement=placement, L=layers)
 
 
-evidence.claim("post-LN: the last layer's gradient does not shrink with depth: larger at L=16 "
-               "than at L=2", at_depth("last_grad", "post-LN", 16), ">",
+evidence.claim("post-LN: the last layer's gradient does not shrink with depth: larger "
+               "at L=16 than at L=2", at_depth("last_grad", "post-LN", 16), ">",
                at_depth("last_grad", "post-LN", 2))
 evidence.claim("pre-LN: at L=16 it is above what 1/sqrt(L) predicts from L=2",
                at_depth("last_grad", "pre-LN", 16), ">",
@@ -341,9 +345,10 @@ evidence.claim("lr 0.01: warm-up raises post-LN by > 25 points",
 evidence.claim("lr 0.01, no warm-up: pre-LN already learns most of the task (> 60%)",
                acc("pre-LN", 0.01), ">", 0.6, unit=100)
 gains = {p: evidence.estimate(
-    a - b for a, b in zip(runs.select(placement=p, lr=0.01, warmup=50).estimate("test_acc").values,
-                          runs.select(placement=p, lr=0.01, warmup=0).estimate("test_acc").values,
-                          strict=True)) for p in ("post", "pre")}
+    a - b for a, b in zip(
+        runs.select(placement=p, lr=0.01, warmup=50).estimate("test_acc").values,
+        runs.select(placement=p, lr=0.01, warmup=0).estimate("test_acc").values,
+        strict=True)) for p in ("post", "pre")}
 evidence.claim("lr 0.01: warm-up does > 40 points more for post-LN than for pre-LN",
                gains["post"], ">", gains["pre"], margin=0.4, unit=100)
 
@@ -427,8 +432,9 @@ evidence.claim("RMSNorm learns the task too: above 80%", rms_acc, ">", 0.8, unit
 
 # %% tags=["nbval-ignore-output"]
 d = evidence.difference(rms_acc, ln_acc, paired=True)
-print(f"test accuracy (%): LayerNorm {ln_acc.scaled(100):.1f}, "
-      f"RMSNorm {rms_acc.scaled(100):.1f}; RMSNorm - LayerNorm per seed {100 * d.value:+.1f}, "
+print(f"test accuracy (%): LayerNorm {ln_acc.scaled(100):.1f}")
+print(f"                   RMSNorm   {rms_acc.scaled(100):.1f}")
+print(f"RMSNorm - LayerNorm per seed {100 * d.value:+.1f}, "
       f"90% interval [{100 * d.interval()[0]:+.1f}, {100 * d.interval()[1]:+.1f}]")
 
 # %% [markdown]
@@ -457,8 +463,8 @@ evidence.claim("lr 0.1 with warm-up: pre-LN beats no norm by > 20 points",
 # %% tags=["nbval-ignore-output"]
 print(f"lr 0.01, no warm-up: no norm {none_low.estimate('test_acc').scaled(100):.1f}%, "
       f"pre-LN {acc('pre-LN', 0.01).scaled(100):.1f}%")
-print(f"lr 0.1, warm-up: no norm {none_high.estimate('test_acc').scaled(100):.1f}%, pre-LN "
-      f"{high.estimate('test_acc', placement='pre').scaled(100):.1f}%")
+print(f"lr 0.1, warm-up: no norm {none_high.estimate('test_acc').scaled(100):.1f}%, "
+      f"pre-LN {high.estimate('test_acc', placement='pre').scaled(100):.1f}%")
 
 # %% [markdown]
 # At $10^{-2}$ without warm-up the model without a norm and pre-LN are printed side by side above
@@ -522,7 +528,8 @@ from normlib.lab import gpu_results
 reports = gpu_results.cuda_reports()
 fig, ax = plt.subplots(figsize=(6, 3.4))
 if not reports:
-    print("no GPU benchmark recorded: the GPU statement above is the byte model's prediction")
+    print("no GPU benchmark recorded: the GPU statement above is the byte model's "
+          "prediction")
     ax.text(0.5, 0.5, "no GPU benchmark recorded yet", ha="center", va="center")
     ax.set_axis_off()
 else:
@@ -537,6 +544,7 @@ else:
     ax.legend()
 fig.tight_layout()
 
+# %% [markdown]
 # ## Exercises
 #
 # 1. Remove the final norm of the pre-LN model (`final_norm=False`) and train it at lr 0.01 and

@@ -65,12 +65,13 @@ from normlib.lab.numerics import (
 lab.setup()
 
 # What this lesson says about torch's own kernels (autocast's lists, eps=None, its 16-bit
-# BatchNorm) describes torch 2.13 and is checked there; on another torch it is shown, not checked.
+# BatchNorm) describes torch 2.13 and is checked there; on another torch it is shown, not
+# checked.
 CHECKED_TORCH = "2.13"
 SAME_TORCH = torch.__version__.split("+")[0].rsplit(".", 1)[0] == CHECKED_TORCH
 if not SAME_TORCH:
-    print(f"torch {torch.__version__}: the statements about torch's own kernels describe "
-          f"torch {CHECKED_TORCH}; they are shown here, not checked")
+    print(f"torch {torch.__version__}: the statements about torch's own kernels "
+          f"describe torch {CHECKED_TORCH}; they are shown here, not checked")
 
 
 def torch_claim(*args, **kwargs):
@@ -632,8 +633,10 @@ for row in terms:
     running = running + row
 eps16 = torch.finfo(torch.float16).eps
 scale = want.abs().max()
-grad_err = {"normlib, float16 LayerNorm": (ours16.weight.grad.double() - want).abs().max() / scale,
-            "torch, float16 LayerNorm": (ln16.weight.grad.double() - want).abs().max() / scale,
+grad_err = {"normlib, float16 LayerNorm":
+                (ours16.weight.grad.double() - want).abs().max() / scale,
+            "torch, float16 LayerNorm":
+                (ln16.weight.grad.double() - want).abs().max() / scale,
             "float16 running sum": (running.double() - want).abs().max() / scale}
 
 # %% tags=["nbval-ignore-output"]
@@ -641,7 +644,8 @@ for label, err in grad_err.items():
     print(f"{label:<25} max |error| / max |dgamma|: {err / eps16:5.1f} eps")
 
 # %%
-evidence.claim("normlib's float16 LayerNorm gives dgamma within 1 float16 eps (relative)",
+evidence.claim("normlib's float16 LayerNorm gives dgamma within 1 float16 eps "
+               "(relative)",
                grad_err["normlib, float16 LayerNorm"].item() / eps16, "<", 1)
 evidence.claim("a float16 running sum over 4,096 tokens is more than 5 eps off",
                grad_err["float16 running sum"].item() / eps16, ">", 5)
@@ -703,7 +707,8 @@ from normlib.lab import gpu_results
 reports = gpu_results.cuda_reports()
 fig, ax = plt.subplots(figsize=(6, 3.4))
 if not reports:
-    print("no GPU benchmark recorded: the 16-bit statement above is the byte model's prediction")
+    print("no GPU benchmark recorded: the 16-bit statement above is the byte model's "
+          "prediction")
     ax.text(0.5, 0.5, "no GPU benchmark recorded yet", ha="center", va="center")
     ax.set_axis_off()
 else:

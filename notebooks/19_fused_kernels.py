@@ -71,8 +71,9 @@ print("the kernels run", "compiled, on the GPU" if ON_GPU
 
 
 def show(fn, width=88):
-    """Print a function's source as it stands in normlib, rewrapped to the page: lines continued after
-    a comma joined, then broken at commas; an inline comment that does not fit goes above its line."""
+    """Print a function's source as it stands in normlib, rewrapped to the page: lines
+    continued after a comma joined, then broken at commas; an inline comment that does
+    not fit goes above its line."""
     source = re.sub(r",\n\s+", ", ", inspect.getsource(getattr(fn, "fn", fn)))
     for line in source.splitlines():
         indent = line[:len(line) - len(line.lstrip())]
@@ -181,14 +182,16 @@ def check(name, call, tensors, others=(("normlib", NF), ("torch", TF))):
         theirs = forward_backward(lambda *t, lib=lib: call(lib, *t), tensors)
         scales = [max(b.abs().max().item(), 1.0) for b in theirs]
         got = torch.cat([(a / s).flatten() for a, s in zip(ours, scales, strict=True)])
-        want = torch.cat([(b / s).flatten() for b, s in zip(theirs, scales, strict=True)])
+        want = torch.cat([(b / s).flatten()
+                          for b, s in zip(theirs, scales, strict=True)])
         print(lab.cmp(f"{name} vs {other}: {what}", got, want, atol=atol))
 
 
 for dtype in (torch.float32, torch.float64):
     tag = "f32" if dtype == torch.float32 else "f64"
     x, w, b = inputs((6, 37), dtype, constant=2)
-    check(f"LayerNorm {tag}", lambda lib, x, w, b: lib.layer_norm(x, [37], w, b), [x, w, b])
+    check(f"LayerNorm {tag}", lambda lib, x, w, b: lib.layer_norm(x, [37], w, b),
+          [x, w, b])
     check(f"RMSNorm {tag}", lambda lib, x, w: lib.rms_norm(x, [37], w), [x, w])
 
 # %% [markdown]
@@ -202,8 +205,8 @@ x, w, b = inputs((6, 37), torch.float32, constant=2)
 with torch.no_grad():
     y = kernels.layer_norm(x, [37], w, b)
 print(lab.cmp("constant row: y == beta", y[2], b, atol=0))
-print(lab.cmp("constant row: y == beta (normlib)", NF.layer_norm(x, [37], w, b)[2].detach(),
-              b, atol=0))
+print(lab.cmp("constant row: y == beta (normlib)",
+              NF.layer_norm(x, [37], w, b)[2].detach(), b, atol=0))
 
 # %% [markdown]
 # ## The set kernel: GroupNorm and BatchNorm
@@ -230,7 +233,8 @@ show(kernels._set_fwd)
 n, c, h, w_ = 2, 6, 3, 5
 flat = torch.arange(n * c * h * w_).reshape(n, c, h, w_)
 groups = 3
-layouts = {  # sets, A (slabs), L (slab length), set stride, slab stride: as in normlib.kernels
+# sets, A (slabs), L (slab length), set stride, slab stride: as in normlib.kernels
+layouts = {
     "GroupNorm G=3": (n * groups, c // groups, h * w_, c // groups * h * w_, h * w_),
     "BatchNorm": (c, n, h * w_, h * w_, c * h * w_),
 }
@@ -267,8 +271,9 @@ for dtype in (torch.float32, torch.float64):
     running = {}
 
     def bn(lib, x, w, b, running=running, dtype=dtype):
-        stats = running.setdefault(lib.__name__, (torch.zeros(8, dtype=dtype, device=DEVICE),
-                                                  torch.ones(8, dtype=dtype, device=DEVICE)))
+        stats = running.setdefault(lib.__name__,
+                                   (torch.zeros(8, dtype=dtype, device=DEVICE),
+                                    torch.ones(8, dtype=dtype, device=DEVICE)))
         return lib.batch_norm(x, *stats, w, b, training=True, momentum=0.3)
 
     check(f"BatchNorm {tag}", bn, [x, w, b])
@@ -303,7 +308,8 @@ y = kernels.dropout(x, 0.3)
 y.backward(torch.ones_like(y))
 dropped = y == 0
 print(f"dropped {dropped.float().mean().item():.1%} of 10,000 values at p = 0.3")
-print(lab.cmp("gradient zero where dropped", (x.grad == 0).float(), dropped.float(), atol=0))
+print(lab.cmp("gradient zero where dropped", (x.grad == 0).float(), dropped.float(),
+              atol=0))
 print(lab.cmp("kept: y = x / 0.7", y[~dropped], x[~dropped] / 0.7, atol=1e-6))
 
 # %% [markdown]
@@ -388,7 +394,8 @@ M, N = 4096, 16384
 P = 4 * 132
 for dtype, size in (("float32", 4), ("bfloat16", 2)):
     tensor = M * N * size
-    partials = 4 * 4 * P * N  # dgamma and dbeta partials, float32: written, then read by the sum
+    # dgamma and dbeta partials, float32: written, then read by the sum
+    partials = 4 * 4 * P * N
     print(f"{dtype:<9} one tensor {tensor / 2**20:5.0f} MiB; backward partial sums "
           f"{partials / 2**20:4.0f} MiB = {partials / tensor:.2f} of a tensor")
 
@@ -429,15 +436,16 @@ for width in (1024, 4096, 16384):
 if ON_GPU:
     from normlib.lab import bench
 
-    live = bench.run(device="cuda", size="quick", ops=["layer_norm", "group_norm", "dropout"],
+    live = bench.run(device="cuda", size="quick",
+                     ops=["layer_norm", "group_norm", "dropout"],
                      dtypes=[torch.float32], impls=["normlib-triton"], progress=False)
     print(f"{live['device']}: copy bandwidth {live['copy_bandwidth_GBps']:.0f} GB/s")
     for r in live["results"]:
         print(f"{r['op']:<11} {str(r['shape']):<15} {r['mode']:<17} {r['impl']:<15}"
               f"{r['median_ms']:8.3f} ms {r['fraction_of_copy']:5.0%} of copy")
 else:
-    print(f"{timing.device_name(DEVICE)}: no GPU here, nothing is timed (the interpreter "
-          "is not a speed).")
+    print(f"{timing.device_name(DEVICE)}: no GPU here, nothing is timed "
+          "(the interpreter is not a speed).")
 
 # %% [markdown]
 # The benchmark suite's recorded files ship with normlib (`normlib.lab.bench.recorded()`). A GPU's file
@@ -452,14 +460,17 @@ for name, r in gpu_reports.items():
     print(f"{name}: {r['device']}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}, "
           f"torch {r['torch']}, triton {r['triton']}, {r['date']}")
 if not gpu_reports:
-    print("No GPU result is recorded yet: the files that ship with normlib come from CPUs,")
-    print("which do not run the Triton kernels. The plot below appears once a GPU's file is.")
+    print("No GPU result is recorded yet: the files that ship with normlib come "
+          "from CPUs,")
+    print("which do not run the Triton kernels. The plot below appears once a "
+          "GPU's file is.")
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Recorded forward+backward of torch and of normlib's Triton kernels on a GPU, as a fraction of the copy bandwidth measured in the same run, for every case of the suite in float32 and bfloat16 (median of the runs).", "name": "fig-19-gpu"}, "image": {"alt": "A dot plot with one row per case of the benchmark suite and the percentage of copy bandwidth on the horizontal axis, squares for torch and circles for the Triton kernels, in float32 and bfloat16."}}
 for r in gpu_reports.values():
     rows = [x for x in r["results"] if x["mode"] == "forward+backward"
             and x["impl"] in ("torch", "normlib-triton")]
-    cases = sorted({(x["op"], tuple(x["shape"]), x.get("groups"), x["dtype"]) for x in rows})
+    cases = sorted({(x["op"], tuple(x["shape"]), x.get("groups"), x["dtype"])
+                    for x in rows})
     fig, ax = plt.subplots(figsize=(7, 0.22 * len(cases) + 1.2))
     for impl, marker in (("torch", "s"), ("normlib-triton", "o")):
         got = {(x["op"], tuple(x["shape"]), x.get("groups"), x["dtype"]): x
