@@ -12,7 +12,7 @@
 # # What BatchNorm buys
 #
 # The source articles credit BatchNorm with a lot: it "speeds training up a great deal", allows larger
-# learning rates, makes the initialisation matter less, regularises well enough to drop Dropout
+# learning rates, makes the initialization matter less, regularizes well enough to drop Dropout
 # {cite}`ioffe2015batch`, and it works not by reducing "internal covariate shift" but by making the
 # loss landscape smoother {cite}`santurkar2018how`. This lesson tests each claim on a small network,
 # with the control that could break it, several seeds and error bars.
@@ -20,7 +20,7 @@
 # It starts with the property most explanations rest on: **scale invariance**. A layer whose output
 # feeds a BatchNorm can have its weights multiplied by any $\alpha > 0$ without changing anything
 # downstream. From that one fact follow the shape of the gradient, an effective learning rate that
-# depends on $\lVert w\rVert$, and a role for weight decay that has nothing to do with regularisation
+# depends on $\lVert w\rVert$, and a role for weight decay that has nothing to do with regularization
 # {cite}`vanlaarhoven2017l2,li2020exponential`.
 
 # %% tags=["remove-cell"]
@@ -49,7 +49,7 @@ from normlib import lab
 from normlib.lab import evidence
 from normlib.lab.data import digits, fashion_mnist
 from normlib.lab.landscape import along_gradient
-from normlib.lab.models import norm_mlp
+from normlib.lab.models import he_init, norm_mlp
 from normlib.lab.train import accuracy, fit
 
 lab.setup()
@@ -153,30 +153,58 @@ print(
 #
 # so without weight decay the norm can only grow, and the effective learning rate
 # $\eta/\lVert w\rVert^2$ can only fall: a built-in learning-rate decay. Weight decay,
-# $w \leftarrow (1 - \eta\lambda) w - \eta \nabla L$, shrinks the norm instead. It cannot regularise
-# the function (which does not depend on $\lVert w\rVert$); what it does is keep the effective learning
-# rate up {cite}`vanlaarhoven2017l2,li2020exponential`.
+# $w \leftarrow (1 - \eta\lambda) w - \eta \nabla L$, shrinks the norm instead. On a scale-invariant
+# weight it cannot regularize the function (which does not depend on $\lVert w\rVert$); what it does
+# is keep the effective learning rate up {cite}`vanlaarhoven2017l2,li2020exponential`.
 #
 # ## The effective learning rate in training
 #
 # An MLP on the digits, `64 -> 128 -> 128 -> 128 -> 10`, BatchNorm before each ReLU, plain SGD. We
 # follow the first layer's $\lVert w_k\rVert^2$ (mean over its rows) at every step, for three weight
-# decays, with everything else fixed.
+# decays, with everything else fixed. The decay acts only on the three hidden `Linear` weights, the
+# scale-invariant ones: BatchNorm's $\gamma$ and $\beta$ and the output layer are not decayed, since
+# decay on them does change the function. That is also the common practice: optimizers get two
+# parameter groups, and the norms' parameters and the biases go into the one without weight decay.
+# Here the decay is one multiplication per step, $w \leftarrow (1 - \eta\lambda) w$, applied to
+# those weights before each SGD step (plain SGD's weight decay, up to a term of order
+# $\eta^2\lambda$). Each seed fixes the initial weights and the order of the batches, the same for
+# every decay, so the decays are compared seed by seed.
 
 # %%
 SIZES = [64, 128, 128, 128, 10]
 
 
 WD_LR = 0.2
+WD_SEEDS = (0, 1, 2, 3, 4)
+
+
+def scale_invariant_weights(model):
+    """The weights of the Linear layers that feed a BatchNorm (no bias: the norm's beta
+    is it)."""
+    layers = list(model)
+    return [
+        m.weight
+        for m, nxt in zip(layers, layers[1:], strict=False)
+        if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)
+    ]
 
 
 def weight_norm_run(seed, weight_decay, lr=WD_LR, epochs=8):
-    """Train the BN MLP with plain SGD; follow the first layer's mean squared row norm.
+    """Train the BN MLP with plain SGD, decaying only the scale-invariant weights;
+    follow the first layer's mean squared row norm.
     """
     lab.seed_everything(seed)
     model = norm_mlp(SIZES, nn.BatchNorm1d)
-    W = model[1].weight
+    decayed = scale_invariant_weights(model)
+    W = decayed[0]
     sq_norms = []
+
+    def step(_):
+        with torch.no_grad():
+            for w in decayed:
+                w.mul_(1 - lr * weight_decay)
+        sq_norms.append(W.detach().pow(2).sum(1).mean().item())
+
     fit(
         model,
         data,
@@ -184,10 +212,9 @@ def weight_norm_run(seed, weight_decay, lr=WD_LR, epochs=8):
         batch_size=64,
         lr=lr,
         momentum=0.0,
-        weight_decay=weight_decay,
         seed=seed,
         progress=False,
-        on_step=lambda step: sq_norms.append(W.detach().pow(2).sum(1).mean().item()),
+        on_step=step,
     )
     sq_norms.append(W.detach().pow(2).sum(1).mean().item())
     return {
@@ -200,15 +227,27 @@ def weight_norm_run(seed, weight_decay, lr=WD_LR, epochs=8):
     }
 
 
+model = norm_mlp(SIZES, nn.BatchNorm1d)
+decayed = {id(w) for w in scale_invariant_weights(model)}
+named = list(model.named_parameters())
+print("decayed:    ", ", ".join(n for n, w in named if id(w) in decayed))
+print("not decayed:", ", ".join(n for n, w in named if id(w) not in decayed))
+# One decay step, (1 - lr * weight_decay) on those weights, leaves the function as it was
+# (train mode: batch statistics; equal up to BatchNorm's eps):
+outputs = model(data[0][:64])
+with torch.no_grad():
+    for w in scale_invariant_weights(model):
+        w.mul_(1 - WD_LR * 3e-2)
+print(lab.cmp("outputs after a decay step", model(data[0][:64]), outputs, atol=1e-4))
 decay = evidence.sweep(
     weight_norm_run,
     {"weight_decay": [0.0, 5e-3, 3e-2]},
-    seeds=SEEDS,
+    seeds=WD_SEEDS,
     desc="weight decay",
 )
 
 # %% [markdown]
-# This run's numbers (they differ in their digits from machine to machine; the claims below do not):
+# The runs' numbers (mean ± s.e. over the seeds):
 
 # %% tags=["nbval-ignore-output"]
 print(
@@ -228,7 +267,7 @@ print(
 )
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "The first layer's mean squared row norm and the effective learning rate it implies, at every SGD step, for three weight decays (mean ± s.e. over 3 seeds, shaded).", "name": "fig-15-norm"}, "image": {"alt": "Two line plots against the training step. Left: the squared weight norm rises slowly without weight decay, and falls with weight decay, faster for the larger decay. Right: the effective learning rate, the learning rate divided by the squared norm, falls slowly without weight decay and rises with it."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The first layer's mean squared row norm and the effective learning rate it implies, at every SGD step, for three weight decays on the scale-invariant weights only (mean ± s.e. over 5 seeds, shaded).", "name": "fig-15-norm"}, "image": {"alt": "Two line plots against the training step. Left: the squared weight norm rises slowly without weight decay, and falls with weight decay, faster for the larger decay. Right: the effective learning rate, the learning rate divided by the squared norm, falls slowly without weight decay and rises with it."}}
 def band(ax, curves, label, scale=1.0):
     """Mean ± s.e. over seeds of equal-length curves, as a line and a shaded band."""
     a = np.asarray(curves) * scale
@@ -264,36 +303,58 @@ start0, end0 = (
     decay.estimate("end", weight_decay=0.0),
 )
 evidence.claim(
-    "without weight decay the squared norm grows over training", end0, ">", start0
-)
-evidence.claim(
-    "the largest weight decay leaves the effective learning rate at the end "
-    "at least 4x that of no decay",
-    decay.estimate("eff_lr_end", weight_decay=3e-2).scaled(1 / 4),
+    "without weight decay the squared norm grows over training",
+    end0,
     ">",
-    decay.estimate("eff_lr_end", weight_decay=0.0),
+    start0,
+    paired=True,
 )
+for wd, k in ((5e-3, 1.2), (3e-2, 4)):
+    evidence.claim(
+        f"weight decay {wd:g} leaves the effective learning rate at the end "
+        f"at least {k:g}x that of no decay",
+        decay.estimate("eff_lr_end", weight_decay=wd).scaled(1 / k),
+        ">",
+        decay.estimate("eff_lr_end", weight_decay=0.0),
+        paired=True,
+    )
 evidence.claim(
-    "and the test accuracy stays within 3 points of no decay",
-    decay.estimate("test_acc", weight_decay=3e-2),
+    "at weight decay 0.005 the test accuracy is within 1 point of no decay",
+    decay.estimate("test_acc", weight_decay=5e-3),
     "≈",
     decay.estimate("test_acc", weight_decay=0.0),
-    margin=0.03,
+    margin=0.01,
+    paired=True,
+    unit=100,
+)
+evidence.claim(
+    "at weight decay 0.03 the test accuracy is lower than with no decay",
+    decay.estimate("test_acc", weight_decay=3e-2),
+    "<",
+    decay.estimate("test_acc", weight_decay=0.0),
+    paired=True,
+    unit=100,
 )
 
 # %% [markdown]
-# Weight decay changed the weights' scale many times over while the accuracy barely moved: on the
-# layers that feed a BatchNorm it acts on the step size, not on the function.
+# A decay step does not change the function (the check above): on the weights that feed a
+# BatchNorm, weight decay can act only through the steps that follow, by raising the effective
+# learning rate. A small decay raised it and left the accuracy within a point of no decay. The
+# largest raised it at least fourfold, and the test accuracy fell, as it can when the step is too
+# large: these runs keep the learning rate constant to the end.
 #
-# ## Larger learning rates, and initialisation
+# ## Larger learning rates, and initialization
 #
 # The BatchNorm paper's headline is speed: "the same accuracy with 14 times fewer training steps"
 # {cite}`ioffe2015batch`. Here: the same MLP with and without BatchNorm (without it, each Linear
 # keeps its bias), SGD with momentum 0.9, batch 64, for 6 epochs. Every 5 steps the test accuracy is
 # measured; the result of a run is the first step at which it reaches 90%. A run that never gets
 # there is counted at the cap (the steps of 6 epochs, plus 5), so a mean that includes the cap is a
-# lower bound. Two sweeps, one cause each: the learning rate (default initialisation), and a factor
-# $s$ on the initial weights of the hidden layers (learning rate 0.1).
+# lower bound. The network without BatchNorm starts from He initialization (`lab.models.he_init`):
+# torch's default draws weights $\sqrt{6}$ times too small for a ReLU network, which would handicap
+# the plain network and not the one with BatchNorm, which rescales whatever it gets. Two sweeps, one
+# cause each: the learning rate, and a factor $s$ on the initial weights of the hidden layers
+# (learning rate 0.1).
 
 # %%
 TARGET, EVERY, EPOCHS, BATCH = 0.90, 5, 6, 64
@@ -305,6 +366,8 @@ def steps_to_target(seed, norm, lr=0.1, init_scale=1.0):
     """
     lab.seed_everything(seed)
     model = norm_mlp(SIZES, nn.BatchNorm1d if norm == "BN" else None)
+    if norm != "BN":
+        he_init(model)
     with torch.no_grad():
         for layer in [m for m in model if isinstance(m, nn.Linear)][:-1]:
             layer.weight.mul_(init_scale)
@@ -335,10 +398,14 @@ def steps_to_target(seed, norm, lr=0.1, init_scale=1.0):
 
 LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 SCALES = [0.25, 0.5, 1.0, 2.0, 4.0]
+# Five seeds for the learning rates: near the plain network's limit some of its runs
+# reach the target and others never do. Both arms of a seed share its data order
+# (compared seed by seed).
+LR_SEEDS = (0, 1, 2, 3, 4)
 by_lr = evidence.sweep(
     steps_to_target,
     {"norm": ["none", "BN"], "lr": LRS},
-    seeds=SEEDS,
+    seeds=LR_SEEDS,
     desc="learning rates",
 )
 by_init = evidence.sweep(
@@ -357,7 +424,7 @@ print(by_lr.table("steps", "norm", "lr", fmt=".0f"))
 print(by_init.table("steps", "norm", "init_scale", fmt=".0f"))
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Steps to 90% test accuracy on the digits against the learning rate (left) and against a factor on the initial weights (right), with and without BatchNorm (mean ± s.e. over 3 seeds; dashed: the cap, for runs that never reach 90%).", "name": "fig-15-lr-init"}, "image": {"alt": "Two plots of steps to 90 percent accuracy on log-scaled x axes. Left, against the learning rate: without BatchNorm the curve is at the cap except near the middle of the range; with BatchNorm it is low everywhere. Right, against the initial weight scale: without BatchNorm small initial weights stay at the cap and larger ones come down; with BatchNorm the curve is low and flat."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Steps to 90% test accuracy on the digits against the learning rate (left) and against a factor on the initial weights (right), with and without BatchNorm (mean ± s.e. over 5 seeds, left, and 3 seeds, right; dashed: the cap, for runs that never reach 90%).", "name": "fig-15-lr-init"}, "image": {"alt": "Two plots of steps to 90 percent accuracy on log-scaled x axes. Left, against the learning rate: without BatchNorm the curve is at the cap except near the middle of the range; with BatchNorm it is low everywhere. Right, against the initial weight scale: without BatchNorm small initial weights stay at the cap and larger ones come down; with BatchNorm the curve is low and flat."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 4), sharey=True)
 by_lr.plot("steps", x="lr", series="norm", ax=axes[0])
 by_init.plot("steps", x="init_scale", series="norm", ax=axes[1])
@@ -375,49 +442,68 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The claims, checked on this run:
+# What the runs show:
 
 # %%
-for lr in LRS:
+for lr in (0.01, 0.03, 0.3):
     evidence.claim(
-        f"at lr={lr:g}, BatchNorm reaches 90% at least 30 steps sooner",
+        f"at lr={lr:g}, BatchNorm reaches 90% sooner",
         by_lr.estimate("steps", norm="BN", lr=lr),
         "<",
         by_lr.estimate("steps", norm="none", lr=lr),
-        margin=30,
+        paired=True,
     )
+evidence.claim(
+    "at lr=1, BatchNorm reaches 90% at least 30 steps sooner",
+    by_lr.estimate("steps", norm="BN", lr=1.0),
+    "<",
+    by_lr.estimate("steps", norm="none", lr=1.0),
+    margin=30,
+    paired=True,
+)
 evidence.claim(
     "with BatchNorm every run of the learning-rate sweep reaches 90%",
     by_lr.estimate("reached", norm="BN"),
     "≈",
     1.0,
 )
-for lr in (0.01, 1.0):
-    evidence.claim(
-        f"without it, most runs at lr={lr:g} never do",
-        by_lr.estimate("reached", norm="none", lr=lr),
-        "<",
-        0.5,
-    )
 evidence.claim(
-    "with BatchNorm every initial scale reaches 90% within 40 steps",
-    max(by_init.estimate("steps", norm="BN", init_scale=s).mean for s in SCALES),
-    "<",
-    40,
+    "without it, no run at lr=1 does",
+    by_lr.estimate("reached", norm="none", lr=1.0),
+    "≈",
+    0.0,
 )
 evidence.claim(
-    "without it, at s=0.25 most runs never do",
-    by_init.estimate("reached", norm="none", init_scale=0.25),
+    "with BatchNorm every run at every initial scale reaches 90%",
+    by_init.estimate("reached", norm="BN"),
+    "≈",
+    1.0,
+)
+evidence.claim(
+    "at s=0.25, BatchNorm reaches it at least 30 steps sooner",
+    by_init.estimate("steps", norm="BN", init_scale=0.25),
     "<",
-    0.5,
+    by_init.estimate("steps", norm="none", init_scale=0.25),
+    margin=30,
+)
+evidence.claim(
+    "without it, no run at s=4 reaches 90%",
+    by_init.estimate("reached", norm="none", init_scale=4.0),
+    "≈",
+    0.0,
 )
 
 # %% [markdown]
-# All three claims of the paper hold at this scale: BatchNorm trains faster at every learning rate
-# tried, works over a range of learning rates where the plain network reaches the target only near
-# one value, and makes the initial scale matter far less. Scale invariance says why the initial scale
-# of a BN layer's weights cannot change its output; it does change the effective learning rate (by
-# $1/s^2$), which is why the curve is flat but not perfectly so.
+# With a fair start, the plain network is a serious competitor: near its best learning rate (0.1)
+# and at its best initial scale ($s = 1$, He's) it is slower in this run too (the table), a gap we
+# make no claim about. The paper's claims hold where the settings move away from the plain
+# network's best: at smaller rates and at 0.3 BatchNorm is sooner, at a learning rate of 1 at least
+# 30 steps sooner, and there the plain network never gets to 90%; every BatchNorm run, at every
+# rate and every initial scale, does. With torch's default initialization the plain network would
+# start with shrinking activations, a handicap of the baseline that would be no gain of the norm;
+# the exercises ask you to measure it. Scale invariance says why the initial scale of a BN layer's
+# weights cannot change its output; it does change the effective learning rate (by $1/s^2$), which is
+# why the curve is flat but not perfectly so.
 #
 # ## Smoothness, not covariate shift
 #
@@ -427,8 +513,8 @@ evidence.claim(
 #
 # 1. **The control.** Add covariate shift on purpose: after each BatchNorm, multiply each channel by a
 #    random factor and add a random offset, drawn anew at every step ("noisy BN"). The inputs of the
-#    next layer then shift far more than in a network without BatchNorm. If reducing covariate shift
-#    were what helps, noisy BN should train no better than no BN.
+#    next layer should then shift far more than in a network without BatchNorm (we measure it). If
+#    reducing covariate shift were what helps, noisy BN should train no better than no BN.
 # 2. **The measurement.** Along the gradient direction, at step sizes $\eta$, how much do the loss
 #    $L(w - \eta g)$ and the gradient $\nabla L(w - \eta g)$ change? A smooth landscape changes
 #    little, so the gradient stays a good guide for a longer step. `normlib.lab.landscape` measures
@@ -442,9 +528,14 @@ evidence.claim(
 # \Delta g = \max_\eta \lVert \nabla L(w - \eta g) - g \rVert .
 # $$
 #
-# A deeper MLP (five hidden layers of 128), SGD with momentum 0.9. The landscape is measured every
-# 11 steps, at $\eta \in \{\tfrac14, \tfrac12, 1, 2, 4\} \times$ the learning rate, on a batch drawn
-# from a generator seeded by the step (the same batches for both networks).
+# A deeper MLP (five hidden layers of 128), SGD with momentum 0.9; the network without BatchNorm
+# starts from He initialization, as above. The landscape is measured every 11 steps, at
+# $\eta \in \{\tfrac14, \tfrac12, 1, 2, 4\} \times$ the learning rate, on a batch drawn from a
+# generator seeded by the step (the same batches for both networks). The covariate shift is measured
+# where the control puts it: at the input of the third `Linear`, each unit's mean over the training
+# batch, and how far it moves from one step to the next, in units of that input's spread
+# (the mean over units of $|\mu_t - \mu_{t-1}|$ divided by the mean of their standard deviations,
+# averaged over training). Part of that movement is sampling: each step sees 64 other images.
 
 
 # %%
@@ -473,7 +564,19 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
     """
     lab.seed_everything(seed)
     model = norm_mlp(DEEP, NORMS[norm])
+    if NORMS[norm] is None:
+        he_init(model)
     loss_change, grad_change = [], []
+    # (per-unit mean, mean std) of the third Linear's input, per training batch
+    moments = []
+    third = [m for m in model if isinstance(m, nn.Linear)][2]
+    hook = third.register_forward_hook(
+        lambda m, inp, out: moments.append(
+            (inp[0].detach().mean(0), inp[0].detach().std(0).mean())
+        )
+        if m.training
+        else None
+    )
 
     def probe(step):
         if measure and step % every == 0:
@@ -501,7 +604,16 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
         progress=False,
         on_step=probe,
     )
-    out = {"train_acc": hist["train_acc"][-1], "test_acc": hist["test_acc"][-1]}
+    hook.remove()
+    shift = [
+        ((mu - mu_prev).abs().mean() / sd).item()
+        for (mu_prev, _), (mu, sd) in zip(moments, moments[1:], strict=False)
+    ]
+    out = {
+        "train_acc": hist["train_acc"][-1],
+        "test_acc": hist["test_acc"][-1],
+        "shift": float(np.mean(shift)),
+    }
     if measure:
         out |= {
             "loss_change": loss_change,
@@ -513,11 +625,15 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
     return out
 
 
-# Five seeds: the plain network's landscape varies a lot from seed to seed. Every arm of a seed shares
-# its data order and probe batches, so the claims below compare the arms seed by seed (paired).
+# Five seeds: the plain network's landscape varies a lot from seed to seed. Every arm
+# of a seed shares its data order and probe batches, so the claims compare the arms
+# seed by seed.
 LANDSCAPE_SEEDS = (0, 1, 2, 3, 4)
 smooth = evidence.sweep(
-    landscape_run, {"norm": ["none", "BN"], "lr": [0.1]}, seeds=LANDSCAPE_SEEDS, desc="landscape"
+    landscape_run,
+    {"norm": ["none", "BN"], "lr": [0.1]},
+    seeds=LANDSCAPE_SEEDS,
+    desc="landscape",
 )
 noisy = evidence.sweep(
     lambda seed, norm, lr: landscape_run(seed, norm, lr, measure=False),
@@ -549,9 +665,11 @@ print("training accuracy (%)")
 print(noisy.table("train_acc", "norm", "lr", scale=100))
 print("test accuracy (%)")
 print(noisy.table("test_acc", "norm", "lr", scale=100))
+print("step-to-step shift of the third layer's input means (in its standard deviations)")
+print(noisy.select(lr=0.1).table("shift", "norm", "lr", fmt=".3f"))
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Along the gradient, over training at learning rate 0.1: the range of the loss (left) and the largest change of the gradient (right) over step sizes from a quarter of the learning rate to four times it, with and without BatchNorm (mean ± s.e. over 5 seeds, shaded).", "name": "fig-15-landscape"}, "image": {"alt": "Two line plots against the training step, log-scaled y axes. At the first measurements the network without BatchNorm changes less along a step than the one with it: it sits on a plateau where its gradient is tiny. Later its curves rise above those of the BatchNorm network, by orders of magnitude at times, and stay above to the end."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Along the gradient, over training at learning rate 0.1: the range of the loss (left) and the largest change of the gradient (right) over step sizes from a quarter of the learning rate to four times it, with and without BatchNorm (the plain network from He initialization; mean ± s.e. over 5 seeds, shaded).", "name": "fig-15-landscape"}, "image": {"alt": "Two line plots against the training step, log-scaled y axes, one curve with and one without BatchNorm: the loss range and the gradient change along a step, measured every 11 steps over training."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 4))
 for norm in smooth.values_of("norm"):
     runs = smooth.select(norm=norm).records
@@ -581,94 +699,134 @@ for key, what, k in (
         paired=True,
     )
 evidence.claim(
-    "but at initialisation the plain network's loss changes less (a plateau)",
-    smooth.estimate("first_loss_change", norm="none"),
-    "<",
-    smooth.estimate("first_loss_change", norm="BN"),
+    "noisy BN trains better than no BN at lr=0.3 (training batches, 2+ points)",
+    noisy.estimate("train_acc", norm="noisy BN", lr=0.3),
+    ">",
+    noisy.estimate("train_acc", norm="none", lr=0.3),
+    margin=0.02,
     paired=True,
+    unit=100,
 )
-for lr in (0.1, 0.3):
-    evidence.claim(
-        f"noisy BN trains better than no BN at lr={lr:g} (training batches)",
-        noisy.estimate("train_acc", norm="noisy BN", lr=lr),
-        ">",
-        noisy.estimate("train_acc", norm="none", lr=lr),
-        margin=0.02,
-        paired=True,
-    )
 evidence.claim(
     "noisy BN trains worse than clean BN at lr=0.3",
     noisy.estimate("train_acc", norm="noisy BN", lr=0.3),
     "<",
     noisy.estimate("train_acc", norm="BN", lr=0.3),
-    margin=0.01,
+    paired=True,
+)
+for other in ("none", "BN"):
+    evidence.claim(
+        "noisy BN moves the third layer's input means at least 2x as far per step "
+        f"as {other}",
+        noisy.estimate("shift", norm="noisy BN", lr=0.1).scaled(1 / 2),
+        ">",
+        noisy.estimate("shift", norm=other, lr=0.1),
+        paired=True,
+    )
+evidence.claim(
+    "clean BN moves them less than no BN",
+    noisy.estimate("shift", norm="BN", lr=0.1),
+    "<",
+    noisy.estimate("shift", norm="none", lr=0.1),
     paired=True,
 )
 
 # %% [markdown]
-# Both of the paper's findings show up at this scale. With shift added on purpose, the network still
-# trains far better than one without BatchNorm, so reducing covariate shift cannot be what BatchNorm
-# is for; the noise does cost something, and the test accuracy of noisy BN, which trains with noise
-# and is tested without it, is not part of the claim (see the table). And averaged over training,
-# the loss and the gradient change less along a step with BatchNorm: the step the optimiser takes is
-# one the gradient predicts better, which is what makes larger learning rates safe. The figure adds
-# what an average hides. At the start the plain network is the *flatter* one: it sits on a plateau
-# where its gradient is tiny (the vanishing gradient of a deep network, measured in the next
-# lesson), and it pays for leaving it with a landscape far rougher than the BatchNorm network's.
-# "Smoother" is a statement about the region training gets into, not about every point. The paper also reports an
-# "effective $\beta$-smoothness", the gradient change divided by the step length; `along_gradient`
-# returns it as `beta`, and the exercises ask you to look at it.
+# Both of the paper's findings show up at this scale. First, the control does what it is meant to:
+# with the noise, the means of the third layer's inputs move at least twice as far from one step
+# to the next as without BatchNorm, and as with clean BatchNorm, which holds them nearly still
+# (it fixes each batch's mean and variance before the ReLU). Yet at a learning rate of 0.3, where
+# the plain network fails, the network with that shift added on purpose trains, more than two
+# points better than the plain network on its training batches and a little worse than clean BN:
+# the noise costs something, but reducing covariate shift cannot be what BatchNorm is for. (At 0.1,
+# where the He-initialized plain network trains too, we make no claim; and the test accuracy of
+# noisy BN, which trains with noise and is tested without it, is not part of the claim. The table
+# shows both.) Second, averaged over training, the loss and
+# the gradient change less along a step with BatchNorm: the step the optimizer takes is one the
+# gradient predicts better, the paper's explanation of why larger learning rates are safe.
+# "Smoother" is a statement about the region training gets into, averaged over the run (the figure
+# shows how it varies along it), not about every point. The paper also reports an "effective
+# $\beta$-smoothness", the gradient change divided by the step length; `along_gradient` returns it
+# as `beta`, and the exercises ask you to look at it.
 #
-# ## A regulariser? BatchNorm and Dropout
+# ## A regularizer? BatchNorm and Dropout
 #
-# The last claim of the source article is that BatchNorm regularises enough to drop Dropout. Test it
-# where regularisation matters: a small training set (1,000 Fashion-MNIST images
+# The last claim of the source article is that BatchNorm regularizes enough to drop Dropout. Test it
+# where regularization matters: a small training set (1,000 Fashion-MNIST images
 # {cite}`xiao2017fashion`), an MLP `784 -> 128 -> 128 -> 10` that can overfit it, and four networks
-# that differ only in BatchNorm (before each ReLU) and Dropout ($p = 0.3$, after each ReLU), all
-# trained the same way for 10 epochs.
+# that differ only in BatchNorm (before each ReLU) and Dropout ($p = 0.5$, after each ReLU), all
+# trained the same way for 40 epochs (800 steps of 50 images, SGD with momentum 0.9, learning rate
+# 0.02), long enough for the networks without Dropout to fit the training set. The networks without
+# BatchNorm start from He initialization. Training accuracy is measured as the test accuracy is, in
+# evaluation mode on the whole training set at the end (`fit(..., eval_train=True)`), not on the
+# training batches with Dropout active. Each seed fixes the order of the batches for all four
+# networks, and the initial weights for each network with and without Dropout, so the effects are
+# measured seed by seed, over five seeds. Accuracy and loss are reported apart: they need not
+# agree, since the loss also counts how confident the wrong answers are.
 
 # %%
-fashion = fashion_mnist(n_train=1000, n_test=1000)
+fashion = fashion_mnist(n_train=1000, n_test=2000)
+P_DROP = 0.5
 
 
-def regularised_mlp(bn, p):
+def regularized_mlp(bn, p):
     layers = [nn.Flatten()]
     for n_in, n_out in ((784, 128), (128, 128)):
         layers.append(nn.Linear(n_in, n_out, bias=not bn))
         layers += [nn.BatchNorm1d(n_out)] if bn else []
         layers.append(nn.ReLU())
         layers += [nn.Dropout(p)] if p else []
-    return nn.Sequential(*layers, nn.Linear(128, 10))
+    model = nn.Sequential(*layers, nn.Linear(128, 10))
+    return model if bn else he_init(model)
+
+
+REG_EPOCHS, REG_BATCH = 40, 50
+
+
+def all_epochs(gen):
+    """All epochs' batches (each epoch a fresh shuffle) as one pass, so `fit` measures
+    the model once, at the end."""
+    batches = []
+    for _ in range(REG_EPOCHS):
+        perm = torch.randperm(len(fashion[0]), generator=gen)
+        batches += [
+            perm[i : i + REG_BATCH]
+            for i in range(0, len(perm) - REG_BATCH + 1, REG_BATCH)
+        ]
+    return batches
 
 
 CONFIGS = {
     "plain": (False, 0.0),
-    "Dropout": (False, 0.3),
+    "Dropout": (False, P_DROP),
     "BN": (True, 0.0),
-    "BN + Dropout": (True, 0.3),
+    "BN + Dropout": (True, P_DROP),
 }
+REG_SEEDS = (0, 1, 2, 3, 4)
 
 
-def regulariser_run(seed, config):
+def regularizer_run(seed, config):
     lab.seed_everything(seed)
-    model = regularised_mlp(*CONFIGS[config])
+    model = regularized_mlp(*CONFIGS[config])
     hist = fit(
         model,
         fashion,
-        epochs=10,
-        batch_size=50,
+        epochs=1,
+        batch_size=REG_BATCH,
         lr=0.02,
         momentum=0.9,
         seed=seed,
         progress=False,
+        eval_train=True,
+        batches=all_epochs,
     )
     out = {
-        "train_acc": hist["train_acc"][-1],
+        "train_acc": hist["train_acc_eval"][-1],
         "test_acc": hist["test_acc"][-1],
         "test_loss": hist["test_loss"][-1],
     }
     out["gap"] = out["train_acc"] - out["test_acc"]
-    if config == "BN + Dropout":
+    if CONFIGS[config][0]:
         out |= variance_shift(model, fashion[2])
     return out
 
@@ -686,17 +844,18 @@ def variance_shift(model, x):
 
 
 regular = evidence.sweep(
-    regulariser_run, {"config": list(CONFIGS)}, seeds=SEEDS, desc="regularisers"
+    regularizer_run, {"config": list(CONFIGS)}, seeds=REG_SEEDS, desc="regularizers"
 )
 
 # %% [markdown]
-# This run's numbers (accuracy on the training batches, in train mode, and on the test set):
+# This run's numbers (training accuracy in evaluation mode on the whole training set; the variance
+# ratio is the second BatchNorm's input variance at test time over its running variance):
 
 # %% tags=["nbval-ignore-output"]
 print(f"{fashion.name}, {len(fashion[0])} training images")
 print(
     evidence.table(
-        ["network", "train %", "test %", "gap", "test loss"],
+        ["network", "train %", "test %", "gap", "test loss", "var ratio"],
         [
             [
                 c,
@@ -704,21 +863,50 @@ print(
                 f"{regular.estimate('test_acc', config=c).scaled(100):.1f}",
                 f"{regular.estimate('gap', config=c).scaled(100):.1f}",
                 f"{regular.estimate('test_loss', config=c):.2f}",
+                f"{regular.estimate('var_ratio', config=c):.2f}" if "BN" in c else "",
             ]
             for c in CONFIGS
         ],
     )
 )
+
+# %% [markdown]
+# The effects, seed by seed: the mean difference and its 90% interval (accuracy in points):
+
+# %% tags=["nbval-ignore-output"]
+EFFECTS = {
+    "Dropout on the plain network": ("Dropout", "plain"),
+    "Dropout on the BN network": ("BN + Dropout", "BN"),
+    "BN instead of Dropout": ("BN", "Dropout"),
+    "BN on the plain network": ("BN", "plain"),
+}
+
+
+def effect(metric, with_, without, scale=1.0):
+    d = evidence.difference(
+        regular.estimate(metric, config=with_).scaled(scale),
+        regular.estimate(metric, config=without).scaled(scale),
+        paired=True,
+    )
+    low, high = d.interval(0.90)
+    return f"{d.value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 print(
-    f"\nBN + Dropout, eval variance / running variance at the second BN: "
-    f"{regular.estimate('var_ratio', config='BN + Dropout'):.2f}"
+    evidence.table(
+        ["effect", "test accuracy", "test loss"],
+        [
+            [name, effect("test_acc", *pair, scale=100), effect("test_loss", *pair)]
+            for name, pair in EFFECTS.items()
+        ],
+    )
 )
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Four networks on 1,000 Fashion-MNIST images: the gap between training-batch and test accuracy (left) and the test loss (right) (mean ± s.e. over 3 seeds).", "name": "fig-15-regular"}, "image": {"alt": "Two bar charts with error bars for plain, Dropout, BN, and BN plus Dropout. The BN network has the largest gap between training and test accuracy and the highest test loss; adding Dropout to it lowers both."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Four networks on 1,000 Fashion-MNIST images after 40 epochs: test accuracy (left) and test loss (right) (mean ± s.e. over 5 seeds).", "name": "fig-15-regular"}, "image": {"alt": "Two bar charts with error bars for plain, Dropout, BN, and BN plus Dropout: test accuracy on the left, test loss on the right."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.7))
 for ax, (key, label, scale) in zip(
     axes,
-    (("gap", "train - test accuracy (points)", 100), ("test_loss", "test loss", 1)),
+    (("test_acc", "test accuracy (%)", 100), ("test_loss", "test loss", 1)),
     strict=True,
 ):
     ests = [regular.estimate(key, config=c).scaled(scale) for c in CONFIGS]
@@ -731,62 +919,103 @@ for ax, (key, label, scale) in zip(
     )
     ax.set_xticks(range(len(CONFIGS)), [c.replace(" + ", "\n+ ") for c in CONFIGS])
     ax.set_ylabel(label)
+    lows = [e.mean - e.sem for e in ests]
+    if key == "test_acc":
+        ax.set_ylim(min(lows) - 3, None)
 fig.tight_layout()
 plt.show()
 
 # %%
+for c in ("plain", "BN"):
+    evidence.claim(
+        f"{c} fits the training set (above 99% in evaluation mode)",
+        regular.estimate("train_acc", config=c),
+        ">",
+        0.99,
+        unit=100,
+    )
+for c, base in (("Dropout", "plain"), ("BN + Dropout", "BN")):
+    evidence.claim(
+        f"{c} has a test loss at least 0.2 below {base}",
+        regular.estimate("test_loss", config=c),
+        "<",
+        regular.estimate("test_loss", config=base),
+        margin=0.2,
+        paired=True,
+    )
 evidence.claim(
-    "BN alone has a larger train-test gap than the plain network",
-    regular.estimate("gap", config="BN"),
-    ">",
-    regular.estimate("gap", config="plain"),
-    unit=100,
-)
-evidence.claim(
-    "adding Dropout to BN lowers the test loss by at least 0.05",
-    regular.estimate("test_loss", config="BN + Dropout"),
-    "<",
+    "BN without Dropout has a test loss at least 0.2 above Dropout without BN",
     regular.estimate("test_loss", config="BN"),
-    margin=0.05,
+    ">",
+    regular.estimate("test_loss", config="Dropout"),
+    margin=0.2,
+    paired=True,
 )
 evidence.claim(
-    "the four networks' test accuracies are within 3 points of each other",
-    max(regular.estimate("test_acc", config=c).mean for c in CONFIGS),
-    "≈",
-    min(regular.estimate("test_acc", config=c).mean for c in CONFIGS),
-    margin=0.03,
+    "Dropout lowers the plain network's test accuracy",
+    regular.estimate("test_acc", config="Dropout"),
+    "<",
+    regular.estimate("test_acc", config="plain"),
+    paired=True,
     unit=100,
 )
 evidence.claim(
-    "with Dropout before it, the second BN sees less variance at test time "
-    "than its running variance holds",
+    "BN alone has a lower test accuracy than the plain network",
+    regular.estimate("test_acc", config="BN"),
+    "<",
+    regular.estimate("test_acc", config="plain"),
+    paired=True,
+    unit=100,
+)
+evidence.claim(
+    "with Dropout before it, the second BN's variance ratio is at least 0.1 below "
+    "that of BN without Dropout",
     regular.estimate("var_ratio", config="BN + Dropout"),
     "<",
-    0.9,
+    regular.estimate("var_ratio", config="BN"),
+    margin=0.1,
+    paired=True,
+)
+evidence.claim(
+    "without Dropout, the ratio is within 0.1 of 1",
+    regular.estimate("var_ratio", config="BN"),
+    "≈",
+    1.0,
+    margin=0.1,
 )
 
 # %% [markdown]
-# At this scale the claim that BatchNorm lets you drop Dropout fails. BatchNorm fits the training set
-# fastest and has a larger train-test gap than the plain network; Dropout on top of it still lowers
-# the test loss, and the test
-# accuracies barely differ. (BatchNorm's noise from batch statistics is a weak regulariser, weaker the
-# larger the batch; Ioffe and Szegedy removed Dropout from a large Inception network, a different
-# regime from this one.) And the combination pays the price the Dropout lesson derived: Dropout before
-# a BatchNorm inflates the variance the BatchNorm learns in training, so at test time its input has
-# less variance than it divides by {cite}`li2019understanding`. The usual remedies: Dropout only after
-# the last BatchNorm, or re-estimating the statistics with Dropout off.
+# On this small training set Dropout does not raise the test accuracy: the plain network with
+# Dropout no longer fits its training set (the table) and loses accuracy. What Dropout buys here is
+# a lower test loss, by at least 0.2, with BatchNorm as without. That is the one place Dropout
+# measurably helps, and there BatchNorm does not take its place: BN without Dropout ends with a test loss at least 0.2 above Dropout without
+# BN, and adding Dropout to BN still lowers it by at least 0.2. On test accuracy the question cannot
+# be settled here: Dropout lowers the plain network's, BN alone is below the plain network too, and
+# whether Dropout moves the BN network's accuracy, up or down, the interval in the table cannot tell.
+# So "BatchNorm lets you drop Dropout" is not confirmed at this scale. (BatchNorm's noise from batch
+# statistics is a weak regularizer, weaker the larger the batch; Ioffe and Szegedy removed Dropout
+# from a large Inception network, a different regime from this one.)
+#
+# The combination pays the price the Dropout lesson derived, and the control shows it is Dropout's
+# doing: with Dropout before it, the second BatchNorm learns in training a variance that its input
+# does not have at test time (the ratio of the two is at least 0.1 below that of the same network
+# without Dropout, whose ratio is within 0.1 of 1) {cite}`li2019understanding`. The usual remedies:
+# Dropout only after the last BatchNorm, or re-estimating the statistics with Dropout off.
 #
 # ## Summary
 #
 # - A layer that feeds a BatchNorm is scale invariant: its gradient is orthogonal to its weights and
 #   shrinks as $1/\lVert w\rVert$, its effective learning rate is $\eta/\lVert w\rVert^2$, and weight
 #   decay on it controls that learning rate rather than the function.
-# - BatchNorm reached the target accuracy sooner at every learning rate and every initial scale tried,
-#   over a far wider range of both.
-# - Adding covariate shift on purpose (noisy BN) did not undo the benefit; what BatchNorm changed
-#   measurably is how much the loss and the gradient vary along a step, on average over training
-#   (not at initialisation, where the plain network sits on a plateau).
-# - It did not replace Dropout here: BN alone overfits a small training set the most.
+# - Against a plain network with He initialization, BatchNorm reached the target accuracy sooner
+#   away from the plain network's best learning rate and initial scale, and reached it at every
+#   rate and scale tried; near the plain network's best settings we make no claim.
+# - Adding covariate shift on purpose (noisy BN), measured at more than twice the plain network's,
+#   did not undo the benefit; what BatchNorm changed measurably is how much the loss and the gradient
+#   vary along a step, on average over training.
+# - It did not replace Dropout here: on a small training set Dropout's gain was a lower test loss
+#   (not a higher accuracy); BatchNorm did not give that gain, and Dropout still gave it on top of
+#   BatchNorm.
 #
 # ## Exercises
 #
@@ -798,7 +1027,10 @@ evidence.claim(
 # 3. Print `beta` from `along_gradient` in `landscape_run` and compare it with and without BatchNorm.
 #    Dividing by $\lVert \eta g\rVert$ makes it a curvature; is the gradient norm itself different in the
 #    two networks?
-# 4. Measure the covariate shift directly: record the mean of one unit's input to the third layer at
-#    every step, for BN and noisy BN. How much larger is its step-to-step change with noise?
-# 5. Put Dropout only after the last BatchNorm in `regularised_mlp` (drop it from the first layer).
+# 4. The lesson measures the covariate shift at the third layer's input. Measure it at every
+#    layer's input, for BN and noisy BN, and also the shift of each unit's standard deviation. Is
+#    the premise of the control true at every depth?
+# 5. Put Dropout only after the last BatchNorm in `regularized_mlp` (drop it from the first layer).
 #    Does the variance ratio move towards 1, and the test loss?
+# 6. Run `steps_to_target` with the plain network at torch's default initialization (leave out
+#    `he_init`). How much later does it reach 90%, and at which learning rates?
