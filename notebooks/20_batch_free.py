@@ -472,7 +472,7 @@ print(f"SkipInit minus BatchNorm: {100 * d.value:+.1f} points, "
 # a residual network: its output starts $2^{16}$ times too large in variance, and at this
 # learning rate training diverges (whether a smaller one rescues it is exercise 2). A
 # zero-initialised scalar on each branch is enough to train it at this learning rate, and
-# BatchNorm trains it to more than 20 points above chance. How SkipInit compares
+# BatchNorm trains it to more than 20 points above no norm. How SkipInit compares
 # with BatchNorm over these 250 steps is the interval above (not claimed). At scale, matching
 # BatchNorm's accuracy without it took more: NF-Nets {cite}`brock2021high` combine a scaled Weight
 # Standardization (so each branch preserves the variance, as this section's arithmetic demands),
