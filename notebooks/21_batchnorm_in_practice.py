@@ -129,8 +129,9 @@ for norm in ("BN", "GN"):
 #   running statistics, which stay frozen; $\gamma$ and $\beta$ still learn. (`fit` switches the model
 #   to training mode each epoch, so a hook before every step puts the BatchNorms back.)
 # - **AdaBN, eval mode**: as the previous arm, after re-estimating every BatchNorm's running
-#   statistics on the 300 target images (AdaBN, the next section). It has the target's statistics,
-#   like train mode, but no gradient through the batch statistics, like eval mode.
+#   statistics on the 300 target images (AdaBN, the next section). It normalises with the
+#   target's statistics (over all 300), like train mode (over each batch), but has no gradient
+#   through the batch statistics, like eval mode.
 # - **FrozenBatchNorm2d**: statistics *and* affine frozen, $y = x\,s + t$ with fixed $s, t$, as
 #   detection codebases do it {cite}`wu2021rethinking`. `normlib.nn.batchfree.FrozenBatchNorm2d`
 #   loads a BatchNorm2d's state and `convert_frozen_batchnorm` (Detectron2's name for it) swaps
