@@ -401,8 +401,8 @@ runs = evidence.Runs([*main.records, *limits.records, *paper.records])
 # Accuracies in percent, mean ± standard error over the seeds: on the test set in eval mode with the
 # running statistics (as at inference) and recalibrated, and on the training set in eval mode at the
 # end of the run. The last table is the accuracy over the epoch's batches in train mode, while the
-# network learns: it includes the early, poor batches, so it sits below the others; it says how well
-# the network fits with the batch statistics it trains with, not how well it ends.
+# network learns: it includes the early, poor batches, and it says how well the network fits with the
+# batch statistics it trains with, not how well it ends.
 
 # %% tags=["nbval-ignore-output"]
 recalibrated = evidence.Runs([r for r in runs.records if "test_acc_recal" in r])
@@ -459,8 +459,8 @@ evidence.claim("iid, 2: Batch Renorm tests better than BatchNorm",
                test["BRN"]["iid, 2"], ">", test["BN"]["iid, 2"], paired=True)
 evidence.claim("iid, 2: Batch Renorm tests below BatchNorm at iid, 32",
                test["BRN"]["iid, 2"], "<", test["BN"]["iid, 32"], paired=True)
-evidence.claim("pairs, 2: BatchNorm tests more than 20 points below iid, 2",
-               test["BN"]["pairs, 2"], "<", test["BN"]["iid, 2"], margin=20)
+evidence.claim("pairs, 2: BatchNorm tests lower still than with random pairs",
+               test["BN"]["pairs, 2"], "<", test["BN"]["iid, 2"])
 evidence.claim("pairs, 2: BatchNorm tests below 25% (guessing: 10%)",
                test["BN"]["pairs, 2"], "<", 25)
 evidence.claim("pairs, 2: recalibrated, BatchNorm still tests below 25%",
@@ -589,10 +589,6 @@ evidence.claim("pairs, 2: without limits (r∞), Batch Renorm tests more than 5 
                paired=True)
 evidence.claim("pairs, 2: GroupNorm still tests above Batch Renorm without limits",
                test["GN"]["pairs, 2"], ">", variant["BRN r∞", "pairs, 2"], paired=True)
-evidence.claim("iid, 2: the paper's sigma, which clips less often, does not test better "
-               "than normlib's by more than 2 points",
-               variant["BRN paper", "iid, 2"], "<", test["BRN"]["iid, 2"], margin=-2,
-               paired=True)
 
 # %% [markdown]
 # The other comparisons, as 90% intervals of the paired difference in points (where one contains
@@ -613,33 +609,35 @@ print(f"{'iid, 2: GN minus BRN r∞':30} [{low:+5.1f}, {high:+5.1f}]")
 # ## Verdict, set beside the paper
 #
 # **Where Batch Renorm helps.** With statistics over two random images, BatchNorm tests more than 10
-# points below its level with batches of 32, and its training accuracy in eval mode is just as low:
-# the network it trains does not work with running statistics. In train mode it fits its training
-# batches badly too (in the fully connected layer it keeps only signs). Batch Renorm fits them better
-# by over 10 points and tests better. With same-class pairs, where BatchNorm tests below 25% even
-# with recalibrated statistics, Batch Renorm is more than 20 points ahead. That is the paper's
-# direction: at Inception-v3 scale it reports, for statistics over 4 images, 74.2% (BatchNorm)
-# versus 76.5% (Batch Renorm) top-1, and for non-iid minibatches about 67% versus 76.5%
-# {cite}`ioffe2017batch`.
+# points below its level with batches of 32, and its training accuracy in eval mode is also more
+# than 10 points below: not overfitting, the trained network is poor at inference on the images it
+# trained on too. In train mode it fits its training batches badly too (in the fully connected layer
+# it keeps only signs). Batch Renorm fits them better by over 10 points and tests better. With
+# same-class pairs, where BatchNorm tests below 25% even with recalibrated statistics, Batch Renorm
+# is more than 20 points ahead. That is the paper's direction: at Inception-v3 scale it reports, for
+# statistics over 4 images, 74.2% (BatchNorm) versus 76.5% (Batch Renorm) top-1, and for non-iid
+# minibatches about 67% versus 76.5% {cite}`ioffe2017batch`.
 #
 # **Where it does not.** At two samples per statistic Batch Renorm stays below BatchNorm with iid
 # batches of 32, and with same-class pairs GroupNorm, which takes no batch statistics, beats it by
 # more than 5 points (with random pairs, three seeds cannot tell the two apart). Recalibrating its
-# statistics changes its test accuracy by less than 3 points: the running averages are not what
-# holds it back. With iid batches of 32, $r$ and $d$ are active but never clipped; whether Batch
-# Renorm then costs anything against BatchNorm, three seeds cannot tell (the interval above).
+# statistics changes its test accuracy at two samples by less than 3 points: the running averages
+# are not what holds it back. With iid batches of 32, $r$ and $d$ are active but never clipped;
+# whether Batch Renorm then costs anything against BatchNorm, three seeds cannot tell (the interval
+# above).
 #
 # **Is it the clip?** In the fully connected layer, at two samples, more than a quarter of the $r$
-# values are clipped with normlib's $\sigma$; the paper's $\sigma$, smaller by $E[\sigma_B]/\sigma$,
-# clips fewer, as the Gaussian formula predicts. Lifting the limit answers the question only in
-# part. With same-class pairs, Batch Renorm without limits tests more than 5 points above
-# $r_{\max} = 3$: there the clipping costs accuracy. It still tests below GroupNorm, so the clipping
-# is not the whole shortfall. With random pairs, the paper's $\sigma$, which clips less often, does
-# not test better than normlib's by more than 2 points, and these runs cannot tell whether
-# $r_{\max} = 10$ or no limit changes the accuracy (the intervals above). The runs are one epoch long, so
-# half of the training happens before the limits are fully open, and the paper's runs are far
-# longer: the results are about early training at this scale. What they do not show is Batch Renorm
-# matching a batch-independent norm at two samples per statistic.
+# values are clipped with normlib's $\sigma$; the paper's $\sigma$, smaller by a factor of about
+# $E[\sigma_B]/\sigma$, clips fewer, as the Gaussian formula predicts. Lifting the limits answers
+# the question only in part. With same-class pairs, Batch Renorm without limits tests more than 5
+# points above $r_{\max} = 3$: there the limits cost accuracy. It still tests below GroupNorm, so
+# the limits are not the whole shortfall. With random pairs, these runs cannot tell whether the
+# paper's $\sigma$ (which clips less often), $r_{\max} = 10$ or no limit changes the accuracy, nor,
+# with same-class pairs, whether $r_{\max} = 10$ does (the intervals above): three seeds of
+# one-epoch runs vary by several points. The runs are one epoch long, so half of the training
+# happens before the limits are fully open, and the paper's runs are far longer: the results are
+# about early training at this scale. What they do not show is Batch Renorm matching a
+# batch-independent norm at two samples per statistic.
 #
 # ## Exercises
 #
