@@ -11,11 +11,13 @@
 # %% [markdown]
 # # What BatchNorm buys
 #
-# The source articles credit BatchNorm with a lot: it "speeds training up a great deal", allows larger
-# learning rates, makes the initialization matter less, regularizes well enough to drop Dropout
-# {cite}`ioffe2015batch`, and it works not by reducing "internal covariate shift" but by making the
-# loss landscape smoother {cite}`santurkar2018how`. This lesson tests each claim on a small network,
-# with the control that could break it, several seeds and error bars.
+# The BatchNorm paper credits it with a lot: it reaches "the same accuracy with 14 times fewer
+# training steps", "allows us to use much higher learning rates and be less careful about
+# initialization", and "acts as a regularizer, in some cases eliminating the need for Dropout"
+# {cite}`ioffe2015batch`. A later paper argues that it works not by reducing "internal covariate
+# shift", as the first one proposed, but by making the loss landscape smoother
+# {cite}`santurkar2018how`. This lesson tests each claim on a small network, with the control that
+# could break it, several seeds and error bars.
 #
 # It starts with the property most explanations rest on: **scale invariance**. A layer whose output
 # feeds a BatchNorm can have its weights multiplied by any $\alpha > 0$ without changing anything
@@ -50,7 +52,7 @@ from normlib.lab import evidence
 from normlib.lab.data import digits, fashion_mnist
 from normlib.lab.landscape import along_gradient
 from normlib.lab.models import he_init, norm_mlp
-from normlib.lab.train import accuracy, fit
+from normlib.lab.train import accuracy, fit, recalibrate_batchnorm
 
 lab.setup()
 data = digits()
@@ -175,7 +177,7 @@ SIZES = [64, 128, 128, 128, 10]
 
 
 WD_LR = 0.2
-WD_SEEDS = (0, 1, 2, 3, 4)
+WD_SEEDS = tuple(range(10))
 
 
 def scale_invariant_weights(model):
@@ -267,7 +269,7 @@ print(
 )
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "The first layer's mean squared row norm and the effective learning rate it implies, at every SGD step, for three weight decays on the scale-invariant weights only (mean ± s.e. over 5 seeds, shaded).", "name": "fig-15-norm"}, "image": {"alt": "Two line plots against the training step. Left: the squared weight norm rises slowly without weight decay, and falls with weight decay, faster for the larger decay. Right: the effective learning rate, the learning rate divided by the squared norm, falls slowly without weight decay and rises with it."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "The first layer's mean squared row norm and the effective learning rate it implies, at every SGD step, for three weight decays on the scale-invariant weights only (mean ± s.e. over 10 seeds, shaded).", "name": "fig-15-norm"}, "image": {"alt": "Two line plots against the training step. Left: the squared weight norm rises slowly without weight decay, and falls with weight decay, faster for the larger decay. Right: the effective learning rate, the learning rate divided by the squared norm, falls slowly without weight decay and rises with it."}}
 def band(ax, curves, label, scale=1.0):
     """Mean ± s.e. over seeds of equal-length curves, as a line and a shaded band."""
     a = np.asarray(curves) * scale
@@ -346,7 +348,7 @@ evidence.claim(
 # ## Larger learning rates, and initialization
 #
 # The BatchNorm paper's headline is speed: "the same accuracy with 14 times fewer training steps"
-# {cite}`ioffe2015batch`. Here: the same MLP with and without BatchNorm (without it, each Linear
+# {cite}`ioffe2015batch`, on an Inception network. Here: the same MLP with and without BatchNorm (without it, each Linear
 # keeps its bias), SGD with momentum 0.9, batch 64, for 6 epochs. Every 5 steps the test accuracy is
 # measured; the result of a run is the first step at which it reaches 90%. A run that never gets
 # there is counted at the cap (the steps of 6 epochs, plus 5), so a mean that includes the cap is a
@@ -424,7 +426,7 @@ print(by_lr.table("steps", "norm", "lr", fmt=".0f"))
 print(by_init.table("steps", "norm", "init_scale", fmt=".0f"))
 
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Steps to 90% test accuracy on the digits against the learning rate (left) and against a factor on the initial weights (right), with and without BatchNorm (mean ± s.e. over 5 seeds, left, and 3 seeds, right; dashed: the cap, for runs that never reach 90%).", "name": "fig-15-lr-init"}, "image": {"alt": "Two plots of steps to 90 percent accuracy on log-scaled x axes. Left, against the learning rate: without BatchNorm the curve is at the cap except near the middle of the range; with BatchNorm it is low everywhere. Right, against the initial weight scale: without BatchNorm small initial weights stay at the cap and larger ones come down; with BatchNorm the curve is low and flat."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Steps to 90% test accuracy on the digits against the learning rate (left) and against a factor on the initial weights (right), with and without BatchNorm (mean ± s.e. over 5 seeds, left, and 3 seeds, right; dashed: the cap, for runs that never reach 90%).", "name": "fig-15-lr-init"}, "image": {"alt": "Two plots of steps to 90 percent accuracy on log-scaled x axes. Left, against the learning rate: without BatchNorm the curve falls from the smallest rate to its lowest at 0.1, rises steeply at 0.3 and is at the cap at 1; with BatchNorm it is below the plain curve at every rate and rises only a little at the larger rates. Right, against the initial weight scale: without BatchNorm the curve is U-shaped, lowest at scale 1 and at the cap at scale 4; with BatchNorm it is low and nearly flat, below the plain curve at every scale."}}
 fig, axes = plt.subplots(1, 2, figsize=(7, 4), sharey=True)
 by_lr.plot("steps", x="lr", series="norm", ax=axes[0])
 by_init.plot("steps", x="init_scale", series="norm", ax=axes[1])
@@ -462,44 +464,56 @@ evidence.claim(
     paired=True,
 )
 evidence.claim(
-    "with BatchNorm every run of the learning-rate sweep reaches 90%",
-    by_lr.estimate("reached", norm="BN"),
-    "≈",
-    1.0,
+    "at lr=0.1, BatchNorm reaches 90% in at most 2/3 of the plain network's steps",
+    by_lr.estimate("steps", norm="BN", lr=0.1).scaled(1.5),
+    "<",
+    by_lr.estimate("steps", norm="none", lr=0.1),
+    paired=True,
 )
-evidence.claim(
-    "without it, no run at lr=1 does",
-    by_lr.estimate("reached", norm="none", lr=1.0),
-    "≈",
-    0.0,
-)
-evidence.claim(
-    "with BatchNorm every run at every initial scale reaches 90%",
-    by_init.estimate("reached", norm="BN"),
-    "≈",
-    1.0,
-)
+
+
+def count_reached(runs, **where):
+    """(runs that reached 90%, runs) among the selected runs: exact counts."""
+    records = runs.select(**where).records
+    return float(sum(r["reached"] for r in records)), float(len(records))
+
+
+for statement, (reached, total) in (
+    (
+        "with BatchNorm every run of the learning-rate sweep reaches 90%",
+        count_reached(by_lr, norm="BN"),
+    ),
+    (
+        "with BatchNorm every run at every initial scale reaches 90%",
+        count_reached(by_init, norm="BN"),
+    ),
+):
+    evidence.claim(f"{statement} ({total:.0f} runs)", reached, "≈", total)
+for statement, (reached, total) in (
+    ("without it, no run at lr=1 does", count_reached(by_lr, norm="none", lr=1.0)),
+    (
+        "without it, no run at s=4 reaches 90%",
+        count_reached(by_init, norm="none", init_scale=4.0),
+    ),
+):
+    evidence.claim(f"{statement} ({total:.0f} runs)", reached, "≈", 0.0)
 evidence.claim(
     "at s=0.25, BatchNorm reaches it at least 30 steps sooner",
     by_init.estimate("steps", norm="BN", init_scale=0.25),
     "<",
     by_init.estimate("steps", norm="none", init_scale=0.25),
     margin=30,
-)
-evidence.claim(
-    "without it, no run at s=4 reaches 90%",
-    by_init.estimate("reached", norm="none", init_scale=4.0),
-    "≈",
-    0.0,
+    paired=True,
 )
 
 # %% [markdown]
-# With a fair start, the plain network is a serious competitor: near its best learning rate (0.1)
-# and at its best initial scale ($s = 1$, He's) it is slower in this run too (the table), a gap we
-# make no claim about. The paper's claims hold where the settings move away from the plain
-# network's best: at smaller rates and at 0.3 BatchNorm is sooner, at a learning rate of 1 at least
-# 30 steps sooner, and there the plain network never gets to 90%; every BatchNorm run, at every
-# rate and every initial scale, does. With torch's default initialization the plain network would
+# With a fair start, the plain network is a serious competitor, but BatchNorm is faster at every
+# learning rate: at the plain network's best rate (0.1) it needs at most two thirds of its steps
+# (about half, in the table), and away from it the gap grows: at a learning rate of 1 it is at least
+# 30 steps, and there the plain network never gets to 90%; every BatchNorm run, at every rate and
+# every initial scale, does. Against the initial scale the plain network's curve is U-shaped, best at
+# $s = 1$ (He's); at $s = 0.25$ BatchNorm is at least 30 steps sooner, and at $s = 4$ no plain run
+# reaches 90%. With torch's default initialization the plain network would
 # start with shrinking activations, a handicap of the baseline that would be no gain of the norm;
 # the exercises ask you to measure it. Scale invariance says why the initial scale of a BN layer's
 # weights cannot change its output; it does change the effective learning rate (by $1/s^2$), which is
@@ -511,10 +525,15 @@ evidence.claim(
 # layer's input distribution as the layers before it learn. Santurkar et al. {cite}`santurkar2018how`
 # tested that in two ways.
 #
-# 1. **The control.** Add covariate shift on purpose: after each BatchNorm, multiply each channel by a
-#    random factor and add a random offset, drawn anew at every step ("noisy BN"). The inputs of the
-#    next layer should then shift far more than in a network without BatchNorm (we measure it). If
-#    reducing covariate shift were what helps, noisy BN should train no better than no BN.
+# 1. **The control.** Add covariate shift on purpose: after each BatchNorm, multiply by a random
+#    factor and add a random offset, drawn anew at every step ("noisy BN"). They draw the noise per
+#    activation; we use a variant of their control, one factor (uniform in $[0.4, 1.6]$, mean 1) and
+#    one offset (uniform in $[-1, 1]$) per channel. The inputs of the next layer should then shift
+#    far more than in a network without BatchNorm (we measure it). If reducing covariate shift were
+#    what helps, noisy BN should train no better than no BN. It is tested without the noise, with
+#    its running statistics re-estimated on the training set with the noise off (clean BN gets the
+#    same re-estimation), so that the statistics it uses at test time are those of its test-time
+#    inputs.
 # 2. **The measurement.** Along the gradient direction, at step sizes $\eta$, how much do the loss
 #    $L(w - \eta g)$ and the gradient $\nabla L(w - \eta g)$ change? A smooth landscape changes
 #    little, so the gradient stays a good guide for a longer step. `normlib.lab.landscape` measures
@@ -540,15 +559,17 @@ evidence.claim(
 
 # %%
 class NoisyBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d followed, in training, by a random per-channel scale and shift, new at
-    every call.
+    """BatchNorm1d followed, in training, by a random per-channel scale (mean 1) and
+    shift (mean 0), new at every call; `noise = False` switches the noise off.
     """
+
+    noise = True
 
     def forward(self, x):
         y = super().forward(x)
-        if self.training:
+        if self.training and self.noise:
             c = y.shape[1]
-            y = y * torch.empty(c).uniform_(0.5, 2.0) + torch.empty(c).uniform_(
+            y = y * torch.empty(c).uniform_(0.4, 1.6) + torch.empty(c).uniform_(
                 -1.0, 1.0
             )
         return y
@@ -609,9 +630,16 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
         ((mu - mu_prev).abs().mean() / sd).item()
         for (mu_prev, _), (mu, sd) in zip(moments, moments[1:], strict=False)
     ]
+    if NORMS[norm] is not None:
+        # Test without the noise, with running statistics re-estimated without it too
+        # (done for clean BN as well, so both are tested the same way).
+        for m in model:
+            if isinstance(m, NoisyBatchNorm1d):
+                m.noise = False
+        recalibrate_batchnorm(model, data[0])
     out = {
         "train_acc": hist["train_acc"][-1],
-        "test_acc": hist["test_acc"][-1],
+        "test_acc": accuracy(model, data[2], data[3]),
         "shift": float(np.mean(shift)),
     }
     if measure:
@@ -620,6 +648,8 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
             "grad_change": grad_change,
             "mean_loss_change": float(np.mean(loss_change)),
             "mean_grad_change": float(np.mean(grad_change)),
+            "log_loss_change": float(np.log(np.mean(loss_change))),
+            "log_grad_change": float(np.log(np.mean(grad_change))),
             "first_loss_change": loss_change[0],
         }
     return out
@@ -629,6 +659,7 @@ def landscape_run(seed, norm, lr, epochs=6, every=11, measure=True):
 # of a seed shares its data order and probe batches, so the claims compare the arms
 # seed by seed.
 LANDSCAPE_SEEDS = (0, 1, 2, 3, 4)
+LOSS_K, GRAD_K = 4, 2
 smooth = evidence.sweep(
     landscape_run,
     {"norm": ["none", "BN"], "lr": [0.1]},
@@ -666,7 +697,21 @@ print(noisy.table("train_acc", "norm", "lr", scale=100))
 print("test accuracy (%)")
 print(noisy.table("test_acc", "norm", "lr", scale=100))
 print("step-to-step shift of the third layer's input means (in its standard deviations)")
-print(noisy.select(lr=0.1).table("shift", "norm", "lr", fmt=".3f"))
+print(
+    evidence.table(
+        ["norm", "lr=0.1", "lr=0.3"],
+        [
+            [n]
+            + [
+                f"{noisy.estimate('shift', norm=n, lr=lr):.3f}"
+                if n != "none" or lr == 0.1
+                else "(diverges)"
+                for lr in (0.1, 0.3)
+            ]
+            for n in noisy.values_of("norm")
+        ],
+    )
+)
 
 
 # %% tags=["hide-input"] mystnb={"figure": {"caption": "Along the gradient, over training at learning rate 0.1: the range of the loss (left) and the largest change of the gradient (right) over step sizes from a quarter of the learning rate to four times it, with and without BatchNorm (the plain network from He initialization; mean ± s.e. over 5 seeds, shaded).", "name": "fig-15-landscape"}, "image": {"alt": "Two line plots against the training step, log-scaled y axes, one curve with and one without BatchNorm: the loss range and the gradient change along a step, measured every 11 steps over training."}}
@@ -687,72 +732,98 @@ plt.show()
 # The verdict, as checks:
 
 # %%
+# Ratios, seed by seed: the log of the plain network's mean over BatchNorm's.
 for key, what, k in (
-    ("mean_loss_change", "the loss", 2),
-    ("mean_grad_change", "the gradient", 1.5),
+    ("log_loss_change", "the loss", LOSS_K),
+    ("log_grad_change", "the gradient", GRAD_K),
 ):
     evidence.claim(
-        f"averaged over training, {what} changes at least {k:g}x less with BatchNorm",
-        smooth.estimate(key, norm="BN").scaled(k),
+        f"averaged over training, {what} changes at least {k:g}x less with BatchNorm "
+        "(paired log-ratio)",
+        smooth.estimate(key, norm="BN"),
         "<",
         smooth.estimate(key, norm="none"),
+        margin=math.log(k),
         paired=True,
     )
-evidence.claim(
-    "noisy BN trains better than no BN at lr=0.3 (training batches, 2+ points)",
-    noisy.estimate("train_acc", norm="noisy BN", lr=0.3),
-    ">",
-    noisy.estimate("train_acc", norm="none", lr=0.3),
-    margin=0.02,
-    paired=True,
-    unit=100,
-)
-evidence.claim(
-    "noisy BN trains worse than clean BN at lr=0.3",
-    noisy.estimate("train_acc", norm="noisy BN", lr=0.3),
-    "<",
-    noisy.estimate("train_acc", norm="BN", lr=0.3),
-    paired=True,
-)
-for other in ("none", "BN"):
+for lr, other in ((0.1, "none"), (0.1, "BN"), (0.3, "BN")):
     evidence.claim(
-        "noisy BN moves the third layer's input means at least 2x as far per step "
-        f"as {other}",
-        noisy.estimate("shift", norm="noisy BN", lr=0.1).scaled(1 / 2),
+        f"at lr={lr:g}, noisy BN moves the third layer's input means at least 2x "
+        f"as far per step as {other}",
+        noisy.estimate("shift", norm="noisy BN", lr=lr).scaled(1 / 2),
         ">",
-        noisy.estimate("shift", norm=other, lr=0.1),
+        noisy.estimate("shift", norm=other, lr=lr),
         paired=True,
     )
 evidence.claim(
-    "clean BN moves them less than no BN",
+    "at lr=0.1, clean BN moves them less than no BN",
     noisy.estimate("shift", norm="BN", lr=0.1),
     "<",
     noisy.estimate("shift", norm="none", lr=0.1),
     paired=True,
 )
+evidence.claim(
+    "at lr=0.3 the plain network fails to train (training batches below 50%)",
+    noisy.estimate("train_acc", norm="none", lr=0.3),
+    "<",
+    0.5,
+    unit=100,
+)
+evidence.claim(
+    "at lr=0.3 noisy BN trains: above 90% on its training batches",
+    noisy.estimate("train_acc", norm="noisy BN", lr=0.3),
+    ">",
+    0.9,
+    unit=100,
+)
+evidence.claim(
+    "at lr=0.3 noisy BN, tested without noise, is more accurate than no BN",
+    noisy.estimate("test_acc", norm="noisy BN", lr=0.3),
+    ">",
+    noisy.estimate("test_acc", norm="none", lr=0.3),
+    paired=True,
+    unit=100,
+)
+for lr in (0.1, 0.3):
+    evidence.claim(
+        f"at lr={lr:g} noisy BN trains worse than clean BN",
+        noisy.estimate("train_acc", norm="noisy BN", lr=lr),
+        "<",
+        noisy.estimate("train_acc", norm="BN", lr=lr),
+        paired=True,
+        unit=100,
+    )
 
 # %% [markdown]
 # Both of the paper's findings show up at this scale. First, the control does what it is meant to:
-# with the noise, the means of the third layer's inputs move at least twice as far from one step
-# to the next as without BatchNorm, and as with clean BatchNorm, which holds them nearly still
-# (it fixes each batch's mean and variance before the ReLU). Yet at a learning rate of 0.3, where
-# the plain network fails, the network with that shift added on purpose trains, more than two
-# points better than the plain network on its training batches and a little worse than clean BN:
-# the noise costs something, but reducing covariate shift cannot be what BatchNorm is for. (At 0.1,
-# where the He-initialized plain network trains too, we make no claim; and the test accuracy of
-# noisy BN, which trains with noise and is tested without it, is not part of the claim. The table
-# shows both.) Second, averaged over training, the loss and
-# the gradient change less along a step with BatchNorm: the step the optimizer takes is one the
-# gradient predicts better, the paper's explanation of why larger learning rates are safe.
-# "Smoother" is a statement about the region training gets into, averaged over the run (the figure
-# shows how it varies along it), not about every point. The paper also reports an "effective
+# at a learning rate of 0.1, with the noise, the means of the third layer's inputs move at least
+# twice as far from one step to the next as without BatchNorm, and as with clean BatchNorm, which
+# holds them nearly still (it fixes each batch's mean and variance before the ReLU). In those runs
+# noisy BN trains worse than clean BN, and against the plain network, which trains well at this
+# rate, the seeds do not settle which trains better (the table). At 0.3 the difference is not a
+# matter of points: the plain network
+# fails (below 50% on its training batches, about 16% in the table), while noisy BN trains to above
+# 90% (about 94%), still worse than clean BN, and tested without the noise it is more accurate than
+# the plain network (about 96%, the table), with a shift still at least twice clean BN's. (The
+# plain network's shift at 0.3 is not compared: it diverges, and where its units die the measure
+# is not even defined.) The noise costs something, but reducing covariate shift is not necessary
+# for BatchNorm's benefit here.
+#
+# Second, averaged over training, the loss and the gradient change less along a step with
+# BatchNorm, by the factors checked seed by seed (the table's means differ more, about ten times for
+# the loss). That is the paper's explanation of why larger learning rates are safe, with a caveat:
+# the range is taken over steps proportional to the gradient, so it also grows with the gradient's
+# size and with how much a step can still gain, and the two networks are compared at the same step,
+# not at the same training loss. It is consistent with a smoother landscape, not a measure of
+# smoothness alone. "Smoother" is a statement about the region training gets into, averaged over
+# the run (the figure shows how it varies along it), not about every point. The paper also reports an "effective
 # $\beta$-smoothness", the gradient change divided by the step length; `along_gradient` returns it
 # as `beta`, and the exercises ask you to look at it.
 #
 # ## A regularizer? BatchNorm and Dropout
 #
-# The last claim of the source article is that BatchNorm regularizes enough to drop Dropout. Test it
-# where regularization matters: a small training set (1,000 Fashion-MNIST images
+# The BatchNorm paper's last claim is that it regularizes, "in some cases eliminating the need for
+# Dropout". Test it where regularization matters: a small training set (1,000 Fashion-MNIST images
 # {cite}`xiao2017fashion`), an MLP `784 -> 128 -> 128 -> 10` that can overfit it, and four networks
 # that differ only in BatchNorm (before each ReLU) and Dropout ($p = 0.5$, after each ReLU), all
 # trained the same way for 40 epochs (800 steps of 50 images, SGD with momentum 0.9, learning rate
@@ -985,21 +1056,29 @@ evidence.claim(
 )
 
 # %% [markdown]
-# On this small training set Dropout does not raise the test accuracy: the plain network with
-# Dropout no longer fits its training set (the table) and loses accuracy. What Dropout buys here is
-# a lower test loss, by at least 0.2, with BatchNorm as without. That is the one place Dropout
-# measurably helps, and there BatchNorm does not take its place: BN without Dropout ends with a test loss at least 0.2 above Dropout without
-# BN, and adding Dropout to BN still lowers it by at least 0.2. On test accuracy the question cannot
-# be settled here: Dropout lowers the plain network's, BN alone is below the plain network too, and
-# whether Dropout moves the BN network's accuracy, up or down, the interval in the table cannot tell.
-# So "BatchNorm lets you drop Dropout" is not confirmed at this scale. (BatchNorm's noise from batch
-# statistics is a weak regularizer, weaker the larger the batch; Ioffe and Szegedy removed Dropout
-# from a large Inception network, a different regime from this one.)
+# On this small training set Dropout does not raise the test accuracy, but that is largely a
+# matter of budget: with Dropout the plain network is still undertrained after the shared 800 steps
+# (about 91% on its training set in evaluation mode, the table, against 100% without), and the
+# accuracy it loses goes with that. BN instead of Dropout gave the higher test accuracy in this run
+# (the table's row and interval), a difference we do not claim: it did not hold up when the lesson
+# was re-run with other floating-point kernels. What Dropout buys is a lower
+# test loss, by at least
+# 0.2, with BatchNorm as without; since the accuracy does not rise with it, that gain is mostly
+# calibration: less confidence in the wrong answers. There BatchNorm does not take Dropout's place:
+# BN without Dropout ends with a test loss at least 0.2 above Dropout without BN, and adding
+# Dropout to BN still lowers it by at least 0.2. On accuracy BN alone is below the plain network,
+# and whether Dropout moves the BN network's accuracy, up or down, the interval in the table cannot
+# tell. So "BatchNorm lets you drop Dropout" is not confirmed at this scale: Dropout beats BN on
+# loss, and on accuracy, at a budget that leaves Dropout undertrained, the runs cannot rank them.
+# (BatchNorm's noise from batch statistics is
+# a weak regularizer, weaker the larger the batch; Ioffe and Szegedy removed Dropout from a large
+# Inception network, a different regime from this one.)
 #
-# The combination pays the price the Dropout lesson derived, and the control shows it is Dropout's
-# doing: with Dropout before it, the second BatchNorm learns in training a variance that its input
-# does not have at test time (the ratio of the two is at least 0.1 below that of the same network
-# without Dropout, whose ratio is within 0.1 of 1) {cite}`li2019understanding`. The usual remedies:
+# The combination carries the variance shift the Dropout lesson derived, and the control shows it
+# is Dropout's doing: with Dropout before it, the second BatchNorm learns in training a variance
+# that its input does not have at test time (the ratio of the two is at least 0.1 below that of
+# the same network without Dropout, whose ratio is within 0.1 of 1) {cite}`li2019understanding`.
+# What that shift costs in accuracy is not measured here. The usual remedies:
 # Dropout only after the last BatchNorm, or re-estimating the statistics with Dropout off.
 #
 # ## Summary
@@ -1008,14 +1087,16 @@ evidence.claim(
 #   shrinks as $1/\lVert w\rVert$, its effective learning rate is $\eta/\lVert w\rVert^2$, and weight
 #   decay on it controls that learning rate rather than the function.
 # - Against a plain network with He initialization, BatchNorm reached the target accuracy sooner
-#   away from the plain network's best learning rate and initial scale, and reached it at every
-#   rate and scale tried; near the plain network's best settings we make no claim.
-# - Adding covariate shift on purpose (noisy BN), measured at more than twice the plain network's,
-#   did not undo the benefit; what BatchNorm changed measurably is how much the loss and the gradient
-#   vary along a step, on average over training.
-# - It did not replace Dropout here: on a small training set Dropout's gain was a lower test loss
-#   (not a higher accuracy); BatchNorm did not give that gain, and Dropout still gave it on top of
-#   BatchNorm.
+#   at every learning rate tried (in at most two thirds of the steps at the plain network's best
+#   rate, and far sooner at the largest), and reached it at every rate and scale tried.
+# - Adding covariate shift on purpose (noisy BN), at least twice the plain network's at a learning
+#   rate of 0.1, did not undo the benefit: at 0.3, where the plain network failed, noisy BN trained
+#   to above 90% and tested better than it (at 0.1 the seeds do not separate the two). What
+#   BatchNorm changed measurably is how much the loss and the gradient vary along a step, on
+#   average over training.
+# - It did not replace Dropout here, nor lose to it outright: on a small training set, with a
+#   budget that leaves the Dropout network undertrained, Dropout gave the lower test loss (mostly
+#   calibration), on top of BatchNorm too; on accuracy no ranking of the two holds up.
 #
 # ## Exercises
 #
