@@ -330,12 +330,11 @@ fig.tight_layout()
 #
 # $$
 # \begin{aligned}
-# \text{no norm } (z = x_l):&\quad \mathrm{Var}(x_{l+1}) = 2\,\mathrm{Var}(x_l)
-#   \;\Rightarrow\; \mathrm{Var}(x_L) = 2^L \mathrm{Var}(x_0), \\
-# \text{BatchNorm } (\mathrm{Var}(z) = 1):&\quad \mathrm{Var}(x_{l+1}) = \mathrm{Var}(x_l) + 1
-#   \;\Rightarrow\; \mathrm{Var}(x_L) = \mathrm{Var}(x_0) + L, \\
-# \text{SkipInit } (x_l + \alpha_l f_l(x_l),\ \alpha_l = 0):&\quad
-#   \mathrm{Var}(x_L) = \mathrm{Var}(x_0).
+# \text{no norm } (z = x_l):&\quad \mathrm{Var}(x_{l+1}) = 2\,\mathrm{Var}(x_l), \\
+# &\quad \mathrm{Var}(x_L) = 2^L \mathrm{Var}(x_0), \\
+# \text{BatchNorm } (\mathrm{Var}(z) = 1):&\quad \mathrm{Var}(x_{l+1}) = \mathrm{Var}(x_l) + 1, \\
+# &\quad \mathrm{Var}(x_L) = \mathrm{Var}(x_0) + L, \\
+# \text{SkipInit } (\alpha_l = 0):&\quad \mathrm{Var}(x_L) = \mathrm{Var}(x_0).
 # \end{aligned}
 # $$
 #
