@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+_ERROR_GRACE_S = 5.0  # how long the parent collects the other ranks' errors after the first one
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
@@ -56,13 +58,30 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, re
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=60))
-        try:
-            out = fn(rank, world_size, *args, _Messages(results, rank))
-        finally:
-            dist.destroy_process_group()
-        results.put(("result", rank, _pack(out)))
     except BaseException:  # report, so the parent fails loudly instead of waiting
         results.put(("error", rank, traceback.format_exc()))
+        return
+    try:
+        out = fn(rank, world_size, *args, _Messages(results, rank))
+    except BaseException:
+        # Report before tearing the group down: closing this rank's connections makes the other ranks
+        # fail too, and the parent must hear of this (the cause) as well as of those (the consequences).
+        results.put(("error", rank, traceback.format_exc()))
+        dist.destroy_process_group()
+        return
+    try:
+        dist.destroy_process_group()
+        payload = _pack(out)
+    except BaseException:
+        results.put(("error", rank, traceback.format_exc()))
+        return
+    results.put(("result", rank, payload))
+
+
+def _failure(errors: dict[int, str]) -> RuntimeError:
+    """One error naming every rank that failed, in the order their reports arrived."""
+    parts = [f"rank {rank} failed:\n{tb}" for rank, tb in errors.items()]
+    return RuntimeError("\n".join(parts))
 
 
 def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 300.0,
@@ -70,9 +89,10 @@ def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 300
     """Run ``fn(rank, world_size, *args, messages)`` in ``world_size`` gloo processes; return the results by rank.
 
     ``fn`` must be importable (defined at module level). It may call ``messages.put(obj)`` to report
-    progress; the parent passes each ``obj`` to ``on_message``. Raises ``RuntimeError`` with the worker's
-    traceback if one fails, and ``TimeoutError`` (after stopping every process) if the job takes longer
-    than ``timeout`` seconds.
+    progress; the parent passes each ``obj`` to ``on_message``. Raises ``RuntimeError`` with the traceback
+    of every worker that failed, in the order their reports arrived (one rank's failure often makes the
+    others fail, so the parent waits a few seconds for their reports and shows them all), and
+    ``TimeoutError`` (after stopping every process) if the job takes longer than ``timeout`` seconds.
     """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -83,25 +103,36 @@ def launch(fn: Callable, world_size: int, args: tuple = (), timeout: float = 300
         p.start()
     deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
     outputs: dict[int, object] = {}
+    errors: dict[int, str] = {}
+    grace_end = None  # once a rank fails, wait briefly for the others' reports: the first may be a consequence
     try:
-        while len(outputs) < world_size:
-            remaining = (deadline - datetime.datetime.now()).total_seconds()
+        while len(outputs) + len(errors) < world_size:
+            now = datetime.datetime.now()
+            if grace_end is not None and now >= grace_end:
+                break
+            remaining = (deadline - now).total_seconds()
             if remaining <= 0:
+                if errors:
+                    break
                 raise TimeoutError(f"data-parallel job did not finish within {timeout:.0f} s")
             try:
                 kind, rank, payload = results.get(timeout=min(remaining, 1.0))
             except queue_module.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
+                if dead and not errors:
                     raise RuntimeError(f"a worker died with exit code {dead[0].exitcode}") from None
                 continue
             if kind == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{payload}")
-            if kind == "message":
+                errors[rank] = payload
+                if grace_end is None:
+                    grace_end = datetime.datetime.now() + datetime.timedelta(seconds=_ERROR_GRACE_S)
+            elif kind == "message":
                 if on_message is not None:
                     on_message(_unpack(payload))
-                continue
-            outputs[rank] = _unpack(payload)
+            else:
+                outputs[rank] = _unpack(payload)
+        if errors:
+            raise _failure(errors)
     finally:
         for p in procs:
             p.join(timeout=5)

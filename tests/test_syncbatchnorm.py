@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn as tnn
 
 import normlib.nn as N
@@ -65,9 +66,20 @@ def _failing_worker(rank, world_size, messages):
     return rank
 
 
-def test_launch_reports_a_failing_rank():
-    with pytest.raises(RuntimeError, match="boom"):
-        launch(_failing_worker, 2, timeout=60)
+def _failing_while_the_other_waits(rank, world_size, messages):
+    if rank == 1:
+        raise RuntimeError("boom")
+    dist.all_reduce(torch.ones(1))  # waits for rank 1, which is gone: fails or hangs
+    return rank
+
+
+@pytest.mark.parametrize("worker", [_failing_worker, _failing_while_the_other_waits])
+def test_launch_reports_the_rank_that_failed_first(worker):
+    # Rank 1's failure can make rank 0 fail too (its connections close); the cause must be in the error
+    # whichever report reaches the parent first, and the parent must not wait for rank 0's timeout.
+    with pytest.raises(RuntimeError, match=r"rank 1 failed:\n(.|\n)*RuntimeError: boom") as info:
+        launch(worker, 2, timeout=60)
+    assert str(info.value).count("failed:") in (1, 2)
 
 
 def test_outside_a_process_group_it_is_batchnorm():
