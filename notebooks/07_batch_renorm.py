@@ -94,7 +94,7 @@ from normlib import functional as F
 from normlib import lab
 from normlib import nn as N
 from normlib.lab import evidence
-from normlib.lab.data import fashion_mnist
+from normlib.lab.data import fashion_mnist, same_class_batches
 from normlib.lab.models import LeNet, ghost
 from normlib.lab.renorm_variants import (
     PaperBatchRenorm1d,
@@ -271,16 +271,7 @@ RECALIBRATED = ("BN", "BRN")
 
 def same_class_pairs(gen):
     """One epoch of batches of 32: 16 pairs of images, each pair of one class."""
-    y = data[1]
-    pairs = []
-    for c in y.unique():
-        idx = (y == c).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        pairs.append(idx[: len(idx) // 2 * 2].view(-1, 2))
-    pairs = torch.cat(pairs)
-    pairs = pairs[torch.randperm(len(pairs), generator=gen)]
-    usable = len(pairs) // (BATCH // 2) * (BATCH // 2)
-    return list(pairs[:usable].reshape(-1, BATCH))
+    return same_class_batches(data[1], 2, BATCH, gen)
 
 
 print(f"{STEPS} optimizer steps per run; same-class pair batches per epoch:",

@@ -46,7 +46,7 @@ from normlib import lab
 from normlib import nn as N
 from normlib.lab import evidence
 from normlib.lab.convnets import ConvNet
-from normlib.lab.data import digits, fashion_mnist
+from normlib.lab.data import digits, fashion_mnist, same_class_batches
 from normlib.lab.models import LeNet
 from normlib.lab.train import accuracy, fit, recalibrate_batchnorm
 from normlib.nn.batchfree import FrozenBatchNorm2d
@@ -660,14 +660,9 @@ except ValueError as e:
 # train mode on one-class test batches, centred as in training:
 
 # %%
-def one_class_batches(gen, y=digit_data[1], size=16):
-    """One epoch of batches of `size` samples of a single class each."""
-    out = []
-    for c in range(10):
-        idx = (y == c).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        out += list(idx[: len(idx) // size * size].view(-1, size))
-    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+def one_class_batches(gen):
+    """One epoch of batches of 16 samples of a single class each."""
+    return same_class_batches(digit_data[1], 16, 16, gen)
 
 
 @torch.no_grad()

@@ -264,3 +264,31 @@ def test_the_command_line_fetches_and_checks(server, machine, capsys):
     server.mode = "drop"
     assert data.main(["--root", str(machine.parent / "elsewhere")]) == 1
     assert "apt-get install" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("group_size", "batch_size"), [(2, 32), (16, 16), (3, 12)])
+def test_same_class_batches_are_whole_groups_of_one_class(group_size, batch_size):
+    y = torch.arange(10).repeat_interleave(torch.arange(20, 40, 2))  # 10 classes of 20..38 samples
+    batches = data.same_class_batches(y, group_size, batch_size, torch.Generator().manual_seed(0))
+    groups = sum(int((y == c).sum()) // group_size for c in range(10))
+    assert len(batches) == groups // (batch_size // group_size)
+    seen = torch.cat(batches)
+    assert len(seen) == len(set(seen.tolist()))  # no sample twice in an epoch
+    for batch in batches:
+        assert batch.shape == (batch_size,)
+        for group in batch.view(-1, group_size):
+            assert len(y[group].unique()) == 1
+    classes_per_batch = [len(y[b].unique()) for b in batches]
+    if group_size == batch_size:
+        assert set(classes_per_batch) == {1}
+    else:
+        assert max(classes_per_batch) > 1  # groups of different classes are mixed
+    again = data.same_class_batches(y, group_size, batch_size, torch.Generator().manual_seed(0))
+    other = data.same_class_batches(y, group_size, batch_size, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, other, strict=True))
+
+
+def test_same_class_batches_refuse_a_batch_that_is_not_whole_groups():
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        data.same_class_batches(torch.zeros(8, dtype=torch.long), 3, 8, torch.Generator())

@@ -89,31 +89,28 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
                    torch.from_numpy(x_te), torch.from_numpy(y_te).long(), "digits")
 
 
-def class_pair_batches(y: torch.Tensor, per_class: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of non-iid batches: each batch holds ``per_class`` samples of each of two classes.
+def same_class_batches(y: torch.Tensor, group_size: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of non-iid batches: each batch is made of groups of ``group_size`` samples of one class.
 
-    The classes are paired at random each epoch; samples left over once a class runs short are
-    dropped for that epoch. This is a harsher non-iid setting than the Batch Renormalization paper's,
-    whose minibatches of 32 each held 16 classes with 2 images per class: here a batch holds two
-    classes only.
+    Each class's indices are shuffled and cut into groups (a class's leftover samples sit out this epoch),
+    the groups of all classes are shuffled together, and each run of ``batch_size // group_size``
+    consecutive groups is one batch (leftover groups sit out too). ``group_size=2, batch_size=32``: 16
+    same-class pairs per batch (the Batch Renormalization lesson); ``group_size=batch_size``: every
+    batch holds one class. For :func:`normlib.lab.train.fit`'s ``batches``:
+    ``lambda gen: same_class_batches(y, 2, 32, gen)``.
     """
-    classes = torch.unique(y)
-    pools = {int(c): (y == c).nonzero().squeeze(1)[torch.randperm(int((y == c).sum()), generator=gen)]
-             for c in classes}
-    taken = dict.fromkeys(pools, 0)
-    batches = []
-    while True:
-        ready = [c for c in pools if len(pools[c]) - taken[c] >= per_class]
-        if len(ready) < 2:
-            break
-        order = torch.randperm(len(ready), generator=gen)
-        for a, b in zip(order[0::2].tolist(), order[1::2].tolist(), strict=False):
-            ca, cb = ready[a], ready[b]
-            idx = torch.cat([pools[ca][taken[ca]:taken[ca] + per_class], pools[cb][taken[cb]:taken[cb] + per_class]])
-            taken[ca] += per_class
-            taken[cb] += per_class
-            batches.append(idx)
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+    if group_size < 1 or batch_size % group_size:
+        raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of group_size ({group_size})")
+    groups = []
+    for c in y.unique():
+        idx = (y == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        groups.append(idx[: len(idx) // group_size * group_size].view(-1, group_size))
+    groups = torch.cat(groups)
+    groups = groups[torch.randperm(len(groups), generator=gen)]
+    per_batch = batch_size // group_size
+    usable = len(groups) // per_batch * per_batch
+    return list(groups[:usable].reshape(-1, batch_size))
 
 
 def variable_length_sums(n: int, min_len: int = 4, max_len: int = 32, seed: int = 0):

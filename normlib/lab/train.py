@@ -39,7 +39,7 @@ def fit(model: nn.Module, data, *, epochs: int, batch_size: int, lr: float, mome
 
     Batches are reshuffled each epoch by a generator seeded with ``seed``; an incomplete last batch
     is dropped (so BatchNorm never sees a batch of one). ``batches(gen)``, if given, replaces that: it
-    returns one epoch's list of index tensors (e.g. :func:`normlib.lab.data.class_pair_batches`).
+    returns one epoch's list of index tensors (e.g. :func:`normlib.lab.data.same_class_batches`).
     ``on_step(step)`` is called before each optimizer step (e.g. to follow a schedule).
     ``loss_fn`` defaults to cross-entropy.
     After each epoch records the mean training loss of the epoch's batches (train mode) and the test
