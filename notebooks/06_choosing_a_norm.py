@@ -19,14 +19,14 @@
 #
 # This lesson measures that claim on a small CNN and asks *why* it holds. It builds an experiment
 # that changes one thing only, the number of samples each BatchNorm statistic is taken over, and it
-# finds what makes the extreme case so bad: the number of *values* each statistic sees. Where a
-# statistic sees only two, as after a fully connected layer (one value per sample) with two
-# samples, BatchNorm turns every value it normalizes into $+1$ or $-1$. A BatchNorm2d on feature
-# maps is another case: with two samples its statistics still average several values per sample,
-# and in these short runs it loses far less. Values per statistic alone do not settle it, though:
-# the paper's ResNet-50 loses about eleven points with 98 values per statistic. Every
-# statement below is checked against the runs when the notebook runs; all of them are about the
-# first 250 optimizer steps of training.
+# finds what makes the extreme case so bad: where a statistic sees only two *values*, as after a
+# fully connected layer (one value per sample) with two samples, BatchNorm turns every value it
+# normalizes into $+1$ or $-1$. A BatchNorm2d on feature maps is another case: with two samples its
+# statistics still average several values per sample, and in these short runs it loses far less.
+# Values per statistic alone do not settle it, though: the paper's ResNet-50 loses about eleven
+# points although even its fewest-valued statistics see 98 values. Every claim marked ✓ below is
+# checked against the runs when the notebook runs; all of them are about the first 250 optimizer
+# steps of training.
 
 # %% tags=["remove-cell"]
 # Run this lesson anywhere (Colab, a download): installs normlib when it is missing.
@@ -527,7 +527,7 @@ print(evidence.table(["maps, m"] + [f"seed {seed}" for seed in PROBE_SEEDS],
 # that no choice of statistics rescues the weights. The three evaluations, and the training error
 # over the epoch, tell them apart:
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "BatchNorm on all three layers, by how the test error is measured, and the training error over the epoch (mean ± s.e. over 3 seeds).", "name": "fig-06-modes"}, "image": {"alt": "Line plot of error against samples per statistic from 2 to 32 for four ways of measuring BatchNorm's error. At 2 samples every line is far above its value at 32; at 8 and 32 the lines lie close together."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "BatchNorm on all three layers, by how the test error is measured, and the training error over the epoch (mean ± s.e. over 3 seeds).", "name": "fig-06-modes"}, "image": {"alt": "Line plot of error against samples per statistic from 2 to 32 for four ways of measuring BatchNorm's error. At 2 samples every line is far above its value at 32; at 8 and 32 each line lies close to its value at 32, the training error (averaged over the epoch) above the three test errors."}}
 modes = {"train_err": "training (over the epoch)",
          "batch_err": "test, batch statistics",
          "test_err": "test, running statistics",
@@ -566,7 +566,7 @@ print(evidence.table(["test error at m=2 (points)", "mean", "90% interval"], row
 
 # %% [markdown]
 # At $m = 2$ the network fails in training: its training error over the epoch is far above that at
-# 32. The running statistics are not what failed: recomputed from 2,000 training images, the
+# 32. The running statistics are not the main failure: recomputed from 2,000 training images, the
 # statistics still leave the error far above BatchNorm's at 32 samples (the second claim; the table
 # shows how far recomputing moves it). What the weights learned is the problem: the layers after
 # the fully connected BatchNorm were trained on features that are only signs (±1), each image's
@@ -582,8 +582,8 @@ print(evidence.table(["test error at m=2 (points)", "mean", "90% interval"], row
 # claims, and the notebook stops with the numbers if any fails), set beside what the GroupNorm paper
 # reports for ResNet-50 on ImageNet at 32 and at 2 images per GPU {cite}`wu2018group`. Every
 # measured row is about the first 250 steps of training (one epoch, where this LeNet's test error
-# is still 15-20%; trained to convergence it reaches about 10%): it says which norm trains faster
-# early on, not which ends better. Rows marked *cited* are not measured in this lesson.
+# is still around 20%; longer training lowers it, not measured here): it says which norm trains
+# faster early on, not which ends better. Rows marked *cited* are not measured in this lesson.
 
 # %%
 def evidence_row(*keys):
@@ -639,8 +639,9 @@ HTML("<table><thead><tr>" + cells(HEAD, "th", ' scope="col"') + "</tr></thead><t
 # network trained far longer with true small batches, which also change the gradient noise. So the
 # table recommends GroupNorm for that row: 250 steps on small networks cannot overrule a full
 # training run. What the lesson does show is the mechanism at the extreme, two values per
-# statistic; above it, the number of samples still matters in its own right, as the paper's
-# 98-value case shows.
+# statistic; above it, the paper's 98-value case suggests that the number of samples still
+# matters (its GroupNorm, trained with the same small batches, stays flat), though these runs do
+# not isolate it.
 #
 # The cited rows rest on other evidence: LayerNorm {cite}`ba2016layer` and RMSNorm
 # {cite}`zhang2019root` normalize each token on its own, at any length and batch (see the LayerNorm
@@ -668,7 +669,7 @@ HTML("<table><thead><tr>" + cells(HEAD, "th", ' scope="col"') + "</tr></thead><t
 #    all the claims still hold? Which one has the least room to spare?
 # 6. The probe left out $s = 1$: on 1×1 maps its last convolution sees one value per channel and
 #    sample, as a fully connected layer does. Run `train_small_maps` at $s = 1$ with $m$ = 2, 8 and
-#    32 and five seeds. Does it reproduce LeNet's cliff at 2 values, and what does it lose at 8
+#    32, and at $s = 2$ with $m = 8$, five seeds each. Does it reproduce LeNet's cliff at 2 values, and what does it lose at 8
 #    values, next to the 8 values of 2 samples on 2×2 maps? Do values per statistic alone predict
 #    the loss? Does 32 values per statistic cost the same from 8 samples on 2×2 maps as from 2
 #    samples on 4×4 maps?
