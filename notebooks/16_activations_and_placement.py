@@ -11,8 +11,9 @@
 # %% [markdown]
 # # Activations, pooling, and where the norm goes
 #
-# A norm never works alone: in LeNet {cite}`lecun1998gradient` and its descendants it sits between a
-# linear layer or convolution, an activation and a pooling layer. This lesson builds the activations
+# A norm never works alone: in the convolutional networks that descend from LeNet
+# {cite}`lecun1998gradient` it sits between a linear layer or convolution, an activation and a
+# pooling layer (LeNet itself had none). This lesson builds the activations
 # and poolings the source articles list from their formulas, checks them against `torch.nn`, and then
 # tests two claims about how they interact with BatchNorm:
 #
@@ -194,7 +195,8 @@ print(
 #
 # The source articles credit pooling with three things: fewer parameters, less overfitting, and
 # invariance to small shifts. The first is arithmetic: pooling has no parameters of its own, and a
-# 2x2 pooling divides the inputs of a fully connected layer after it by 4. In LeNet below (two 2x2
+# 2x2 pooling divides the inputs of a fully connected layer after it by 4. In the LeNet-style network
+# below (two 2x2
 # poolings before the first fully connected layer), that layer's weights are counted with and without
 # the poolings:
 
@@ -207,8 +209,10 @@ for label, n_in in fc_in.items():
 # %% [markdown]
 # The other two are not tested in this lesson: whether fewer parameters means less overfitting
 # depends on the data and the training (the BatchNorm lesson's regularisation experiment shows how
-# such a claim has to be set up), and a max pooling is invariant only to shifts that keep each
-# window's maximum inside the window, which a shift by one pixel often does not.
+# such a claim has to be set up), and a max pooling's output is unchanged by a shift only when every
+# shifted window still has the same maximum: a one-pixel shift moves values out of each window and
+# others in, so whether the output survives depends on the image (a shift by a multiple of the
+# stride just shifts the output).
 #
 # ## Saturation, measured
 #
@@ -360,7 +364,7 @@ axes[0].legend()
 fig.tight_layout()
 plt.show()
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "Pre-activations of each hidden layer of the sigmoid network at initialisation, for initial scales 1 and 8, with and without BatchNorm (one seed); shaded: the flat region of the sigmoid, |z| > 3.", "name": "fig-16-preact"}, "image": {"alt": "Four panels of box plots of pre-activation values per layer. Without BatchNorm at scale 1 the values are narrow around zero; at scale 8 they spread far into the shaded flat region of the sigmoid. With BatchNorm both scales give the same unit-spread boxes, inside the sensitive region."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "Pre-activations of each hidden layer of the sigmoid network at initialisation on 512 training images, for initial scales 1 and 8, with and without BatchNorm (one seed); boxes: quartiles, line: median, whiskers: 1st and 99th percentiles; shaded: the flat region of the sigmoid, |z| > 3.", "name": "fig-16-preact"}, "image": {"alt": "Four panels of box plots of pre-activation values per layer. Without BatchNorm at scale 1 the values are narrow around zero; at scale 8 the boxes widen and the whiskers reach well into the shaded flat region. With BatchNorm both scales give the same unit-spread boxes, inside the sensitive region."}}
 fig, axes = plt.subplots(1, 4, figsize=(7, 3.7), sharey=True)
 for ax, (norm, scale) in zip(
     axes, [("none", 1.0), ("none", 8.0), ("BN", 1.0), ("BN", 8.0)], strict=True
@@ -382,7 +386,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The checks, on this run:
+# The checks, on this run. The accuracy comparisons train every arm with one learning rate (0.1,
+# momentum 0.9) for 3 epochs; they say what BatchNorm does in that setting, not that no setting
+# trains the plain network (exercise 2 gives it a better start):
 
 
 # %%
@@ -464,26 +470,43 @@ evidence.claim(
 )
 
 # %% [markdown]
-# The article's picture is right about large weights and wrong about the default case. At PyTorch's
-# default initialisation the sigmoid network is *not* saturated, and its signal vanishes anyway, in
-# both directions: forwards, each layer multiplies the input-dependent part of the signal by
-# $\sigma' \le \tfrac14$ and by small weights, so the last hidden layer barely sees the input; backwards,
-# the gradient shrinks by the same factors. BatchNorm cures both, not by moving pre-activations out of
-# the flat region (they were never there) but by dividing by the batch standard deviation: forwards,
-# that restores each layer's spread to 1; backwards, the same $1/\sigma$ (the one that makes the layer
-# scale invariant) scales the gradient back up. With large initial weights, the saturation the
-# article describes is real, and BatchNorm removes it, at initialisation and after training; but
-# even then the saturated network passes more gradient to its first layer than the unsaturated
-# default one, because its weights are larger. Saturation is one way to lose the gradient, not the
-# main one here.
+# With BN, the factor $s$ changes nothing in the forward pass: the Linear before each BN has no
+# bias, and the BN divides the factor out ($\mathrm{BN}(sWx) = \mathrm{BN}(Wx)$ up to its
+# $\epsilon$). So the BN rows at $s = 1$ and $s = 8$ have the same pre-activations and the same
+# gradient ratio at initialisation. What $s$ changes is the size of the weight gradients ($1/s$), and
+# so the effective learning rate of these scale-invariant weights ($1/s^2$). "BatchNorm removes the
+# saturation at initialisation" is therefore true by construction; the check after training (in
+# every run) is the one that measures something.
+#
+# The article's picture fits large weights, and it is not what happens at the start of training with
+# the default initialisation. At PyTorch's default initialisation (Glorot and Bengio's "standard"
+# one, $U[-1/\sqrt{n}, 1/\sqrt{n}]$) the sigmoid network starts *un*saturated, and its signal
+# vanishes anyway, in both directions: forwards, each layer multiplies the input-dependent part of
+# the signal by $\sigma' \le \tfrac14$ and by small weights, so the last hidden layer barely sees the
+# input; backwards, the gradient shrinks by the same factors. BatchNorm cures both, not by moving
+# pre-activations out of the flat region (at initialisation they are not there) but by dividing by
+# the batch standard deviation: forwards, that restores each layer's spread to 1; backwards, the same
+# $1/\sigma$ (the one that makes the layer scale invariant) scales the gradient back up. These runs do
+# not test the article's actual claim, that pre-activations *drift* into the flat region during
+# training: they measure saturation at initialisation and after only 3 epochs at one learning rate
+# shared by all arms. (Glorot and Bengio, with the same weight initialisation, saw the top hidden
+# layer of a sigmoid network saturate early in training {cite}`glorot2010understanding`.) With large
+# initial weights the saturation is there from the start, and BatchNorm removes it; but even then
+# the saturated network passes more gradient to its first layer than the unsaturated default one,
+# because its weights are larger. At initialisation, saturation is one way to lose the gradient, not
+# the main one here.
 #
 # ## Placement: before or after the activation, before or after pooling
 #
-# The article's rule is Linear/Conv → BN → activation; the other common choice is BN after the
-# activation. With a max pooling in the block there is a third: conv → ReLU → pool → BN. The
-# article's argument for its rule is about distributions: the output of a ReLU is not Gaussian, half
-# of it is exactly zero, and its shape changes as training moves the pre-activations, so a BN after
-# the ReLU normalizes a skewed, moving target. Compare the three in LeNet on 2,000 Fashion-MNIST
+# The article's rule is Linear/Conv → BN → activation, the placement of the BatchNorm paper
+# {cite}`ioffe2015batch`; the other common choice is BN after the activation. With a max pooling in
+# the block there is a third: conv → ReLU → pool → BN. The argument is the paper's (Section 3.2): the
+# output of a nonlinearity changes its shape as training moves the weights, so fixing its first two
+# moments would not remove that shift, whereas $Wx + b$ "is more likely to have a symmetric,
+# non-sparse distribution, that is 'more Gaussian'". For a ReLU the difference is plain: fed a
+# symmetric input, about half of its output is exactly zero, so a BN after the ReLU normalizes a
+# skewed, sparse, moving target. Compare the three in a small LeNet-style network on 2,000
+# Fashion-MNIST
 # images {cite}`xiao2017fashion`, everything else fixed (SGD with momentum 0.9, batch 32, 3 epochs),
 # at two learning rates, three seeds each. Along the way we follow what the first BatchNorm
 # receives (its input, on 256 fixed training images), at initialisation and after each epoch: its
@@ -646,7 +669,7 @@ print(
     )
 )
 
-# %% tags=["hide-input"] mystnb={"figure": {"caption": "LeNet on 2,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling. Left: test accuracy after 3 epochs at two learning rates. Right: skewness of what the first BatchNorm normalizes, averaged over its channels, at initialisation and after each epoch at learning rate 0.1 (mean ± s.e. over 3 seeds).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements at learning rates 0.02 and 0.1, with error bars. Right: the skewness of the first BatchNorm's input over 3 epochs for the three placements; with BatchNorm before the ReLU it is that of a convolution's output, near zero at initialisation; after the ReLU it is large and positive."}}
+# %% tags=["hide-input"] mystnb={"figure": {"caption": "A LeNet-style network on 2,000 Fashion-MNIST images with BatchNorm before each ReLU, after it, or after the pooling. Left: test accuracy after 3 epochs at two learning rates. Right: skewness of what the first BatchNorm normalizes, averaged over its channels, at initialisation and after each epoch at learning rate 0.1 (mean ± s.e. over 3 seeds).", "name": "fig-16-placement"}, "image": {"alt": "Left: test accuracy for the three placements at learning rates 0.02 and 0.1, with error bars. Right: the skewness of the first BatchNorm's input over 3 epochs for the three placements; with BatchNorm before the ReLU it is that of a convolution's output, slightly negative, near zero, at initialisation; after the ReLU it is large and positive."}}
 fig, (left, right) = plt.subplots(1, 2, figsize=(7, 4))
 for k, p in enumerate(PLACEMENTS):
     ests = [placed.estimate("test_acc", placement=p, lr=lr).scaled(100)
@@ -720,9 +743,9 @@ evidence.claim(
 # follows it epoch by epoch, but it varies from seed to seed more than three seeds can pin down, so
 # we state nothing about its course.
 #
-# Does the placement change the accuracy? These runs do not tell the placements apart reliably: the
-# intervals of their differences (printed above) are wide, and at the larger rate BN after the ReLU
-# varies widely from seed to seed. So we make no claim about accuracy (exercise 4 asks for the runs
+# Does the placement change the accuracy? These runs are not built to rank the placements: with
+# three seeds per arm, whether an interval printed above excludes zero can change from one machine
+# to the next, and no claim about accuracy is checked. So we make none (exercise 4 asks for the runs
 # that could). The article's rule rests here on what the BN has to normalize and, below, on what
 # each placement allows at inference.
 #
@@ -844,19 +867,22 @@ print(lab.cmp("fold backward (conv -> BN)", got, want, atol=1e-12))
 # %% [markdown]
 # So the placements are not equal at deployment: "before" always folds away; "after" folds only into
 # an unpadded next layer (and LeNet's 3x3 convolutions pad), or into a fully connected layer, and
-# through a max pooling only when every $\gamma_c$ is positive (training does not guarantee it).
+# through a max pooling only when no $\gamma_c$ is negative (training does not guarantee it).
 #
 # ## Summary
 #
 # - Every activation and pooling of the source articles, from its formula, agrees with `torch.nn` in
 #   value and gradient; max pooling sends each window's gradient to one position.
-# - The vanishing signal of a deep sigmoid network, forwards and backwards, is there even without
-#   saturation; BatchNorm restores both and, with large weights, removes the saturation.
-# - BN before or after the ReLU changes what the next layer sees (one-signed with many zeros, or
-#   centred) and what the BN itself normalizes (a skewed input, with many zeros, after the ReLU);
-#   BN before the ReLU, the article's rule, is also the placement that always folds away at
-#   inference. Short runs at two learning rates, three seeds each, did not rank the placements by
-#   test accuracy.
+# - At PyTorch's default initialisation a deep sigmoid network loses its signal, forwards and
+#   backwards, without any saturation; BatchNorm restores both and, with large weights, removes the
+#   saturation. Whether saturation develops during training, the article's claim, these short runs
+#   do not test.
+# - BN before or after the ReLU changes what the next layer sees (before: one-signed, with many
+#   exact zeros; after: values of both signs, exactly centred in training mode only when BN comes
+#   after the pooling) and what the BN itself normalizes (after the ReLU, a skewed input with many
+#   exact zeros); BN before the ReLU, the placement of the BatchNorm paper and the article, is also
+#   the placement that always folds away at inference. Short runs at two learning rates, three seeds
+#   each, did not rank the placements by test accuracy.
 #
 # ## Exercises
 #
